@@ -1,0 +1,83 @@
+"""The Postfix policy delegation wire format, as a pure incremental codec (no I/O, no Twisted).
+
+A request is ``name=value`` lines, each ending in a bare LF, closed by an empty line; the reply is
+``action=...`` and an empty line. Bytes arrive in any split; ``RequestDecoder.feed`` returns every
+complete request and keeps the rest. Whole requests are cut out with one ``find`` and decoded
+in one go rather than line by line, which keeps the per-request cost low.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+Request = Dict[str, str]
+
+_END = b"\n\n"
+
+
+class ProtocolError(ValueError):
+    """The peer broke the protocol; the connection must be closed without a reply."""
+
+
+class RequestDecoder:
+    """Splits a byte stream into policy requests, enforcing line and attribute limits."""
+
+    def __init__(self, max_line_length: int = 8192, max_attributes: int = 200) -> None:
+        self.max_line_length = max_line_length
+        self.max_attributes = max_attributes
+        self._max_request = max_line_length * max_attributes
+        self._buffer = b""
+
+    @property
+    def pending(self) -> bool:
+        """True when part of a request has been received but not its end."""
+        return bool(self._buffer)
+
+    def feed(self, data: bytes) -> List[Request]:
+        """Add received bytes; return the requests they complete. Raises ProtocolError."""
+        buffer = self._buffer + data if self._buffer else data
+        requests: List[Request] = []
+        start = 0
+        while True:
+            if buffer.startswith(b"\n", start):
+                raise ProtocolError("empty request (a blank line with no attributes)")
+            end = buffer.find(_END, start)
+            if end < 0:
+                break
+            requests.append(self._decode(buffer[start:end]))
+            start = end + 2
+        self._buffer = buffer[start:]
+        self._check_partial()
+        return requests
+
+    def _check_partial(self) -> None:
+        rest = self._buffer
+        if not rest:
+            return
+        if len(rest) > self._max_request:
+            raise ProtocolError(f"request longer than {self._max_request} bytes")
+        last_line = len(rest) - rest.rfind(b"\n") - 1
+        if last_line > self.max_line_length:
+            raise ProtocolError(f"line longer than {self.max_line_length} bytes")
+
+    def _decode(self, block: bytes) -> Request:
+        text = block.decode("utf-8", "replace")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        lines = text.split("\n")
+        if len(lines) > self.max_attributes:
+            raise ProtocolError(f"more than {self.max_attributes} attributes in one request")
+        try:
+            request = dict(line.split("=", 1) for line in lines)
+        except ValueError:
+            bad = next(line for line in lines if "=" not in line)
+            raise ProtocolError(f"attribute line without '=': {bad[:80]!r}") from None
+        if len(block) > self.max_line_length and any(
+            len(line) > self.max_line_length for line in lines
+        ):
+            raise ProtocolError(f"line longer than {self.max_line_length} bytes")
+        return request
+
+
+def encode_reply(action: str) -> bytes:
+    """The reply for one request: ``action=...`` then the empty line."""
+    return b"action=" + action.encode("utf-8", "replace") + _END

@@ -1,0 +1,117 @@
+"""The policy decision: a pure function of (request, snapshot, primary states, now).
+
+No I/O and no Twisted here, so every branch is unit tested with plain data. The order follows the
+backup-MX logic: a domain not ours is none of our business (DUNNO); a recipient absent from a
+loaded map that covers its domain is definitely unknown (5xx); a sender network on the allowlist
+skips the primary check; a primary known to be up gets the client sent there (4xx by default);
+anything else is accepted, because a backup MX exists for the day the checks cannot be made.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import FrozenSet, Mapping, Optional
+
+from backupmx.policyd.networks import SenderNetworks
+from backupmx.policyd.recipients import RecipientMap
+
+DUNNO = "DUNNO"
+UNKNOWN_USER = "550 5.1.1 User unknown in relay recipient table"
+ROUTING_REFUSED = "550 5.7.1 Source routing and % or ! addressing are not relayed"
+
+
+@dataclass(frozen=True)
+class PrimaryState:
+    """What the last probe of a domain's primary MX found."""
+
+    up: bool
+    host: str
+    checked_at: float
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    """Everything the decision needs from configuration and maps, swapped atomically on reload."""
+
+    domains: FrozenSet[str]
+    recipients: Optional[RecipientMap]  # None: no map loaded (yet)
+    networks: Optional[SenderNetworks]
+    primary_up_action: str = "defer"  # defer | reject | ignore
+    state_max_age: float = 65.0  # an older probe result counts as unknown
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The action for Postfix plus why, for logs and metrics."""
+
+    action: str
+    outcome: str  # short machine-readable word: see the OUTCOMES tuple
+    domain: Optional[str] = None
+    reason: str = ""
+
+    @property
+    def refused(self) -> bool:
+        return self.action != DUNNO
+
+
+OUTCOMES = (
+    "other_state", "not_ours", "unknown_user", "routing", "unmapped_domain", "allowlisted",
+    "primary_up_defer", "primary_up_reject", "primary_up_ignored", "primary_down",
+    "primary_unknown",
+)
+
+
+def split_recipient(recipient: str) -> "tuple[str, str]":
+    """``User@Example.TEST.`` -> (``user``, ``example.test``); no domain gives ("...", "")."""
+    local, at, domain = recipient.strip().strip("<>").lower().rpartition("@")
+    if not at:
+        return domain, ""
+    return local, domain.rstrip(".")
+
+
+def _has_routing(local: str) -> bool:
+    return local.startswith("@") or any(c in local for c in "@%!")
+
+
+def primary_action(kind: str, host: str) -> str:
+    """The reply when the primary is up, per primary_up_action."""
+    text = f"Primary MX {host} is up; deliver there"
+    if kind == "reject":
+        return f"550 5.7.1 {text}"
+    return f"DEFER_IF_PERMIT 4.7.1 {text}"
+
+
+def decide(
+    request: Mapping[str, str],
+    snapshot: PolicySnapshot,
+    primaries: Mapping[str, PrimaryState],
+    now: float,
+) -> Decision:
+    """Decide one policy request. Only RCPT-time requests for our domains are judged."""
+    if request.get("protocol_state", "").upper() != "RCPT":
+        return Decision(DUNNO, "other_state")
+    local, domain = split_recipient(request.get("recipient", ""))
+    if domain not in snapshot.domains:
+        return Decision(DUNNO, "not_ours", domain)
+    if _has_routing(local):
+        return Decision(ROUTING_REFUSED, "routing", domain, "routing characters in local part")
+    recipients = snapshot.recipients
+    if recipients is None or not recipients.covers(domain):
+        return Decision(DUNNO, "unmapped_domain", domain, "no recipient map covers the domain")
+    if not recipients.accepts(local, domain):
+        return Decision(UNKNOWN_USER, "unknown_user", domain, "not in the recipient map")
+    networks = snapshot.networks
+    if networks is not None and networks.allows(
+        request.get("sender", ""), request.get("client_address", "")
+    ):
+        return Decision(DUNNO, "allowlisted", domain, "client network allowed for sender")
+    state = primaries.get(domain)
+    if state is None or now - state.checked_at > snapshot.state_max_age:
+        return Decision(DUNNO, "primary_unknown", domain, "primary state unknown")
+    if not state.up:
+        return Decision(DUNNO, "primary_down", domain, f"primary {state.host} down")
+    kind = snapshot.primary_up_action
+    if kind == "ignore":
+        return Decision(DUNNO, "primary_up_ignored", domain, f"primary {state.host} up")
+    return Decision(
+        primary_action(kind, state.host), f"primary_up_{kind}", domain, f"primary {state.host} up"
+    )

@@ -1,0 +1,84 @@
+"""``backupmx-policyd -c FILE``: the policy service's command line and process wiring."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import List, Optional
+
+from backupmx.policyd import version
+from backupmx.policyd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from backupmx.policyd.maps import load_maps
+from backupmx.policyd.recipients import MapError
+
+EXIT_CONFIG = 2
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="backupmx-policyd",
+        description="Postfix policy service of backupmx (check_policy_service).")
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG_PATH,
+                        help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration and maps, then exit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+        maps = load_maps(config)
+    except (ConfigError, MapError) as error:
+        print(f"backupmx-policyd: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(f"{config.path}: OK, {len(config.domains)} domains, "
+              f"{len(maps.recipients)} recipient keys")
+        return 0
+    return run(config, maps)
+
+
+def run(config, maps) -> int:  # type: ignore[no-untyped-def]
+    """Start listening, then serve until SIGTERM/SIGINT; SIGHUP reloads."""
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+    from twisted.logger import Logger
+
+    from backupmx.policyd import runtime
+    from backupmx.policyd.prober import PrimaryProber
+    from backupmx.policyd.protocol import PolicyFactory
+    from backupmx.policyd.service import PolicyService
+
+    log = Logger(namespace="backupmx.policyd")
+    runtime.start_logging()
+    settings = config.policyd
+    prober = PrimaryProber(reactor, config.domains, settings.probe_interval,
+                           settings.probe_timeout)
+    service = PolicyService(reactor, config, maps, prober)
+    factory = PolicyFactory(service.respond, settings.idle_timeout, settings.max_line_length,
+                            settings.max_attributes)
+    try:
+        port = runtime.listen(reactor, settings.listen, factory)
+    except CannotListenError as error:
+        print(f"backupmx-policyd: cannot listen on {settings.listen}: {error.socketError}",
+              file=sys.stderr)
+        return 1
+    dropped = runtime.drop_privileges(settings.user)
+    log.info("backupmx-policyd {version} listening on {address}: {domains} domains, "
+             "{count} recipient keys{dropped}", version=version(),
+             address=runtime.bound_address(port, settings.listen), domains=len(config.domains),
+             count=len(maps.recipients), dropped=f", {dropped}" if dropped else "")
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload))
+    reactor.callWhenRunning(service.start)
+    reactor.callWhenRunning(runtime.notify, "READY=1")
+    reactor.addSystemEventTrigger("before", "shutdown", service.stop)
+    reactor.addSystemEventTrigger("before", "shutdown", runtime.notify, "STOPPING=1")
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

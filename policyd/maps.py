@@ -1,0 +1,68 @@
+"""Loading the files policyd decides from: recipient maps and the sender networks allowlist.
+
+All functions here block on disk (and on ``postconf`` for the recipient delimiter): the daemon
+calls them at start, before listening, and afterwards only from a worker thread.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from backupmx.policyd.config import Config
+from backupmx.policyd.networks import SenderNetworks, load_sender_networks
+from backupmx.policyd.postfix import Postfix, PostfixError
+from backupmx.policyd.recipients import RecipientMap, load_recipient_map
+
+Signature = Tuple[Tuple[str, object], ...]
+
+
+@dataclass(frozen=True)
+class LoadedMaps:
+    """The parsed files and the signature (mtime, size, inode) they were read at."""
+
+    recipients: RecipientMap
+    networks: Optional[SenderNetworks]
+    signature: Signature
+    delimiter_warning: str = ""
+
+
+def map_paths(config: Config) -> Tuple[str, ...]:
+    networks = config.policyd.sender_networks
+    return config.policyd.recipients + ((networks,) if networks else ())
+
+
+def file_signature(paths: Tuple[str, ...]) -> Signature:
+    """What changes when a file is rewritten, replaced or removed; cheap to compare."""
+    signature = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            signature.append((path, (stat.st_mtime_ns, stat.st_size, stat.st_ino)))
+        except OSError as error:
+            signature.append((path, error.strerror))
+    return tuple(signature)
+
+
+def recipient_delimiter(config: Config) -> Tuple[str, str]:
+    """The delimiter set to use and a warning (empty if none): configured, else Postfix's."""
+    configured = config.policyd.recipient_delimiter
+    if configured is not None:
+        return configured, ""
+    try:
+        return Postfix.from_setting(config.postfix.config_directory).parameter(
+            "recipient_delimiter"), ""
+    except (PostfixError, KeyError) as error:
+        return "", f"cannot read Postfix's recipient_delimiter ({error}); using none"
+
+
+def load_maps(config: Config, delimiter: Optional[str] = None) -> LoadedMaps:
+    """Read every map the configuration names. Raises MapError naming the file and line."""
+    signature = file_signature(map_paths(config))
+    warning = ""
+    if delimiter is None:
+        delimiter, warning = recipient_delimiter(config)
+    recipients = load_recipient_map(config.policyd.recipients, delimiter)
+    networks_path = config.policyd.sender_networks
+    networks = load_sender_networks(networks_path) if networks_path else None
+    return LoadedMaps(recipients, networks, signature, warning)

@@ -1,0 +1,91 @@
+"""The sender networks allowlist: which client networks may send as which senders.
+
+One rule per line: ``PATTERN  NETWORK[, NETWORK...]`` where PATTERN is ``user@domain``,
+``@domain`` or ``*`` and NETWORK an IPv4 or IPv6 address or CIDR. ``#`` starts a comment line.
+A client inside a network listed for its sender skips the primary-MX check (e.g. the
+organisation's own outbound relays, which must always reach the backup).
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Tuple, Union
+
+from backupmx.policyd.recipients import MapError, logical_lines
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+@dataclass(frozen=True)
+class SenderNetworks:
+    """Pattern (``user@domain``, ``@domain`` or ``*``) -> networks allowed for it."""
+
+    rules: Dict[str, Tuple[Network, ...]] = field(default_factory=dict)
+    source: str = ""
+
+    def allows(self, sender: str, client_address: str) -> bool:
+        """True when client_address lies in a network listed for this sender (any case)."""
+        if not self.rules:
+            return False
+        sender = sender.lower()
+        domain = sender[sender.rfind("@"):] if "@" in sender else None
+        candidates = [self.rules.get(sender), self.rules.get(domain) if domain else None,
+                      self.rules.get("*")]
+        if not any(candidates):
+            return False
+        address = _client_ip(client_address)
+        if address is None:
+            return False
+        return any(
+            address in network
+            for networks in candidates if networks
+            for network in networks
+            if network.version == address.version
+        )
+
+
+def _client_ip(text: str) -> Optional[Address]:
+    text = text.strip()
+    if text.lower().startswith("ipv6:"):
+        text = text[5:]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def parse_sender_networks(lines: Iterable[str], source: str = "<text>") -> SenderNetworks:
+    """Parse the allowlist text; MapError naming file and line on the first bad rule."""
+    rules: Dict[str, List[Network]] = {}
+    try:
+        for number, text in logical_lines(lines):
+            parts = text.split(None, 1)
+            if len(parts) < 2:
+                raise MapError(f"line {number}: expected 'PATTERN NETWORK[, NETWORK...]'")
+            pattern = parts[0].lower()
+            if pattern != "*" and "@" not in pattern:
+                raise MapError(f"line {number}: {parts[0]!r} is not user@domain, @domain or *")
+            for item in parts[1].replace(",", " ").split():
+                try:
+                    network = ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise MapError(f"line {number}: {item!r} is not an IP network") from None
+                rules.setdefault(pattern, []).append(network)
+    except MapError as error:
+        raise MapError(f"{source}:{error}") from None
+    return SenderNetworks({k: tuple(v) for k, v in rules.items()}, source)
+
+
+def load_sender_networks(path: str) -> SenderNetworks:
+    """Read the allowlist file (blocking: call it off the reactor thread)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return parse_sender_networks(handle, path)
+    except OSError as error:
+        raise MapError(f"{path}: cannot read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise MapError(f"{path}: not UTF-8 text ({error.reason})") from None

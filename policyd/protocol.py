@@ -1,0 +1,89 @@
+"""The Twisted adapter for the policy protocol: it frames, another object answers.
+
+The protocol feeds bytes to the pure ``RequestDecoder`` and writes what the ``respond`` callable
+returns. ``respond`` is synchronous on purpose: the decision never waits for I/O (probes and map
+loads run in the background and update caches), so a Deferred per request would only add cost.
+On a protocol error the connection is closed without a reply, as Postfix expects.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from backupmx.policyd.codec import ProtocolError, Request, RequestDecoder, encode_reply
+
+Responder = Callable[[Request], str]
+
+
+class PolicyProtocol(Protocol, TimeoutMixin):
+    """One Postfix smtpd process's connection: many requests, one reply each, in order."""
+
+    log = Logger()
+
+    def __init__(self, factory: "PolicyFactory") -> None:
+        self.factory = factory
+        self.decoder = RequestDecoder(factory.max_line_length, factory.max_attributes)
+        self._broken = False
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.setTimeout(self.factory.idle_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._broken:
+            return
+        self.resetTimeout()
+        try:
+            requests = self.decoder.feed(data)
+        except ProtocolError as error:
+            self._broken = True
+            self.log.warn("policy protocol error from {peer}: {error}; closing without reply",
+                          peer=self._peer(), error=str(error))
+            self.transport.loseConnection()
+            return
+        respond = self.factory.respond
+        if len(requests) == 1:
+            self.transport.write(encode_reply(respond(requests[0])))
+        elif requests:
+            self.transport.write(b"".join(encode_reply(respond(r)) for r in requests))
+
+    def timeoutConnection(self) -> None:
+        self.log.debug("closing policy connection from {peer}: idle", peer=self._peer())
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.setTimeout(None)
+        self.factory.connections -= 1
+        if self.decoder.pending and not self._broken:
+            self.log.info("policy client {peer} disconnected in the middle of a request",
+                          peer=self._peer())
+
+    def _peer(self) -> str:
+        peer = self.transport.getPeer() if self.transport else None
+        host = getattr(peer, "host", None)
+        return f"{host}:{peer.port}" if host else "unix socket"
+
+
+class PolicyFactory(Factory):
+    """Builds PolicyProtocols that share one responder and the connection limits."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        respond: Responder,
+        idle_timeout: Optional[float] = 600.0,
+        max_line_length: int = 8192,
+        max_attributes: int = 200,
+    ) -> None:
+        self.respond = respond
+        self.idle_timeout = idle_timeout
+        self.max_line_length = max_line_length
+        self.max_attributes = max_attributes
+        self.connections = 0
+
+    def buildProtocol(self, addr: object) -> PolicyProtocol:
+        return PolicyProtocol(self)

@@ -1,0 +1,87 @@
+"""What a backupmx daemon needs from its host: logging, sockets, readiness, privileges.
+
+Logs go to stderr one line per event, without timestamps when journald is reading (it adds its
+own) and with syslog ``<N>`` priority prefixes so journald files them at the right level.
+Readiness is announced with sd_notify (systemd ``Type=notify``; tests listen for it too).
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+import stat
+import sys
+from typing import Any, Optional, TextIO
+
+from twisted.logger import (FileLogObserver, FilteringLogObserver, LogLevel,
+                            LogLevelFilterPredicate, eventAsText, globalLogBeginner)
+
+from backupmx.policyd.listen import ListenAddress
+
+_SYSLOG_PRIORITY = {LogLevel.critical: 2, LogLevel.error: 3, LogLevel.warn: 4,
+                    LogLevel.info: 6, LogLevel.debug: 7}
+
+
+def start_logging(stream: TextIO = sys.stderr, level: LogLevel = LogLevel.info) -> None:
+    """Send twisted.logger events to stream, one line each."""
+    journald = bool(os.environ.get("JOURNAL_STREAM"))
+
+    def format_event(event: dict) -> str:
+        text = eventAsText(event, includeTimestamp=not journald, includeSystem=False)
+        if journald:
+            return f"<{_SYSLOG_PRIORITY.get(event.get('log_level'), 6)}>{text}\n"
+        return f"{text}\n"
+
+    observer = FilteringLogObserver(FileLogObserver(stream, format_event),
+                                    [LogLevelFilterPredicate(defaultLogLevel=level)])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def notify(state: str) -> bool:
+    """Send a state (``READY=1``, ``STOPPING=1``, ``RELOADING=1``) to $NOTIFY_SOCKET, if set."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(state.encode())
+    return True
+
+
+def remove_stale_socket(path: str) -> None:
+    """A unix socket left by a previous run blocks bind(); remove it, but nothing else."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def listen(reactor: Any, address: ListenAddress, factory: Any) -> Any:
+    """Bind a listening port now (raises CannotListenError), TCP or unix with its mode."""
+    if address.kind == "unix":
+        remove_stale_socket(address.path)
+        return reactor.listenUNIX(address.path, factory, mode=address.mode)
+    return reactor.listenTCP(address.port, factory, interface=address.host)
+
+
+def bound_address(port: Any, address: ListenAddress) -> str:
+    """The address actually bound (port 0 becomes the chosen port), in config syntax."""
+    if address.kind == "unix":
+        return str(address)
+    host = port.getHost()
+    return str(ListenAddress("inet", host=address.host, port=host.port))
+
+
+def drop_privileges(user: Optional[str]) -> Optional[str]:
+    """Become ``user`` (after binding) when started as root; returns what was done, if anything."""
+    if not user or os.getuid() != 0:
+        return None
+    entry = pwd.getpwnam(user)
+    os.setgroups(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    os.environ["HOME"] = entry.pw_dir
+    return f"running as {user} (uid {entry.pw_uid})"

@@ -1,0 +1,192 @@
+"""policyd's running state: the current snapshot, the responder, and reloads.
+
+``PolicyService.respond`` is the request path: one ``decide`` call on the current snapshot and the
+prober's cache, one log line when the answer is not a plain accept. Reloads (SIGHUP, or a map file
+whose mtime changed) are built entirely in a worker thread and swapped in with one assignment;
+a failed reload logs why and keeps the last good state.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Set, Tuple
+
+from twisted.internet import threads
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from backupmx.policyd.codec import Request
+from backupmx.policyd.config import Config, ConfigError, load_config
+from backupmx.policyd.decision import Decision, PolicySnapshot, decide
+from backupmx.policyd.maps import LoadedMaps, file_signature, load_maps, map_paths, recipient_delimiter
+from backupmx.policyd.prober import PrimaryProber
+from backupmx.policyd.recipients import MapError
+
+DecisionObserver = Callable[[Request, Decision], None]
+
+
+def build_snapshot(config: Config, maps: LoadedMaps, state_max_age: float) -> PolicySnapshot:
+    return PolicySnapshot(
+        domains=frozenset(config.domains),
+        recipients=maps.recipients,
+        networks=maps.networks,
+        primary_up_action=config.policyd.primary_up_action,
+        state_max_age=state_max_age,
+    )
+
+
+def describe(request: Request, decision: Decision) -> str:
+    """One greppable log line: Postfix's queue id and instance first."""
+    get = request.get
+    return (f"{decision.outcome}: queue_id={get('queue_id') or '-'} "
+            f"instance={get('instance') or '-'} client={get('client_name') or 'unknown'}"
+            f"[{get('client_address', '')}] sender=<{get('sender', '')}> "
+            f"recipient=<{get('recipient', '')}> action=\"{decision.action}\" "
+            f"reason=\"{decision.reason}\"")
+
+
+class PolicyService:
+    """Answers policy requests from the current snapshot; reloads it without blocking."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: Config,
+        maps: LoadedMaps,
+        prober: PrimaryProber,
+        run_in_thread: Callable[..., Deferred] = threads.deferToThread,
+    ) -> None:
+        self.reactor = reactor
+        self.prober = prober
+        self.run_in_thread = run_in_thread
+        self.observers: List[DecisionObserver] = []
+        self._reloading: Optional[Deferred] = None
+        self._reload_again = False
+        self._map_check: Optional[LoopingCall] = None
+        self._failed_signature: Optional[Tuple[Any, ...]] = None
+        self._install(config, maps)
+
+    # ---- request path ----------------------------------------------------------------------
+
+    def respond(self, request: Request) -> str:
+        decision = decide(request, self.snapshot, self.prober.states, self.reactor.seconds())
+        if decision.refused:
+            self.log.info("{line}", line=describe(request, decision))
+        elif decision.outcome == "unmapped_domain":
+            self._warn_unmapped(decision.domain or "")
+        elif self.log_accepts:
+            self.log.info("{line}", line=describe(request, decision))
+        for observer in self.observers:
+            observer(request, decision)
+        return decision.action
+
+    def _warn_unmapped(self, domain: str) -> None:
+        if domain not in self._warned_unmapped:
+            self._warned_unmapped.add(domain)
+            self.log.warn("no recipient map covers {domain}: accepting every recipient of it "
+                          "(add user@{domain} or @{domain} lines to a recipients file)",
+                          domain=domain)
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def _install(self, config: Config, maps: LoadedMaps) -> None:
+        self.config = config
+        self.maps = maps
+        self.log_accepts = config.policyd.log_accepts
+        self._warned_unmapped: Set[str] = set()
+        self.snapshot = build_snapshot(config, maps, self.prober.max_age)
+        if maps.delimiter_warning:
+            self.log.warn("{warning}", warning=maps.delimiter_warning)
+
+    def start(self) -> None:
+        self.prober.start()
+        self._map_check = LoopingCall(self.check_maps)
+        self._map_check.clock = self.reactor
+        self._map_check.start(self.config.policyd.map_check_interval, now=False)
+
+    def stop(self) -> None:
+        self.prober.stop()
+        if self._map_check is not None and self._map_check.running:
+            self._map_check.stop()
+
+    # ---- reloads ---------------------------------------------------------------------------
+
+    def reload(self) -> Deferred:
+        """Re-read configuration and maps (SIGHUP). Overlapping calls merge into one more run."""
+        if self._reloading is not None:
+            self._reload_again = True
+            return self._reloading
+        self._reloading = self.run_in_thread(self._load_all, self.config.path)
+        self._reloading.addCallbacks(self._apply_reload, self._reload_failed)
+        self._reloading.addBoth(self._reload_done)
+        return self._reloading
+
+    @staticmethod
+    def _load_all(path: str) -> Tuple[Config, LoadedMaps]:
+        config = load_config(path)
+        return config, load_maps(config)
+
+    def _apply_reload(self, loaded: Tuple[Config, LoadedMaps]) -> None:
+        config, maps = loaded
+        if config.policyd.listen != self.config.policyd.listen:
+            self.log.warn("listen address changed to {new}: restart policyd to use it",
+                          new=str(config.policyd.listen))
+        self.prober.update(config.domains, config.policyd.probe_interval,
+                           config.policyd.probe_timeout)
+        self._install(config, maps)
+        self._failed_signature = None
+        self.log.info("reloaded {path}: {domains} domains, {count} recipient keys",
+                      path=config.path, domains=len(config.domains), count=len(maps.recipients))
+
+    def _reload_failed(self, failure: Any) -> None:
+        failure.trap(ConfigError, MapError)
+        self.log.error("reload failed, keeping the running configuration: {why}",
+                       why=failure.getErrorMessage())
+
+    def _reload_done(self, result: Any) -> Any:
+        self._reloading = None
+        if self._reload_again:
+            self._reload_again = False
+            self.reload()
+        return result
+
+    def check_maps(self) -> Deferred:
+        """Reload the maps when a map file changed (mtime, size or inode), off the reactor."""
+        if self._reloading is not None:
+            return maybeDeferred(lambda: None)
+        paths = map_paths(self.config)
+        checking = self.run_in_thread(file_signature, paths)
+
+        def compare(signature: Tuple[Any, ...]) -> Any:
+            if signature == self.maps.signature or signature == self._failed_signature:
+                return None
+            if self._reloading is not None:
+                return None
+            config = self.config
+            self._reloading = self.run_in_thread(self._load_maps_only, config)
+            self._reloading.addCallbacks(lambda maps: self._apply_maps(config, maps),
+                                         lambda failure: self._maps_failed(failure, signature))
+            self._reloading.addBoth(self._reload_done)
+            return self._reloading
+
+        return checking.addCallback(compare)
+
+    @staticmethod
+    def _load_maps_only(config: Config) -> LoadedMaps:
+        delimiter, _ = recipient_delimiter(config)
+        return load_maps(config, delimiter)
+
+    def _apply_maps(self, config: Config, maps: LoadedMaps) -> None:
+        if config is not self.config:
+            return  # a full reload won the race; its maps are newer
+        self._install(config, maps)
+        self._failed_signature = None
+        self.log.info("recipient maps reloaded: {count} keys from {sources}",
+                      count=len(maps.recipients), sources=", ".join(maps.recipients.sources))
+
+    def _maps_failed(self, failure: Any, signature: Tuple[Any, ...]) -> None:
+        failure.trap(MapError)
+        self._failed_signature = signature
+        self.log.error("map reload failed, keeping the last good maps: {why}",
+                       why=failure.getErrorMessage())

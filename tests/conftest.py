@@ -1,0 +1,1 @@
+"""Shared pytest settings: the repository root is importable (tests.harness), nothing else."""

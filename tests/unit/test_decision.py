@@ -1,0 +1,277 @@
+"""The decision table of policyd: every row of decide(), without a reactor."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import pytest
+
+from backupmx.policyd.decision import (
+    DUNNO, OUTCOMES, ROUTING_REFUSED, UNKNOWN_USER, PolicySnapshot, PrimaryState, decide,
+    primary_action, split_recipient,
+)
+from backupmx.policyd.networks import parse_sender_networks
+from backupmx.policyd.recipients import parse_recipient_lines, RecipientMap
+
+NOW = 1_000_000.0
+DEFER_PREFIX = "DEFER_IF_PERMIT 4.7.1 "
+
+
+def recipient_map(text: str, delimiters: str = "+") -> RecipientMap:
+    users, catch_all = parse_recipient_lines(text.splitlines(), "<test>")
+    return RecipientMap({d: frozenset(u) for d, u in users.items()}, frozenset(catch_all),
+                        delimiters)
+
+
+MAP = recipient_map("""
+alice@example.test OK
+bob@example.test   OK
+@catchall.test     OK
+carol@other-mapped.test OK
+""")
+NETWORKS = parse_sender_networks(["@partner.test 192.0.2.0/24", "boss@corp.test 2001:db8::/32"])
+DOMAINS = frozenset({"example.test", "catchall.test", "unmapped.test"})
+
+
+def snapshot(action: str = "defer", recipients: Optional[RecipientMap] = MAP,
+             max_age: float = 65.0) -> PolicySnapshot:
+    return PolicySnapshot(DOMAINS, recipients, NETWORKS, action, max_age)
+
+
+def rcpt(recipient: str, sender: str = "someone@far.test",
+         client: str = "198.51.100.7", state: str = "RCPT") -> Dict[str, str]:
+    return {"request": "smtpd_access_policy", "protocol_state": state,
+            "recipient": recipient, "sender": sender, "client_address": client}
+
+
+def up(host: str = "mx1.example.test", age: float = 1.0) -> Dict[str, PrimaryState]:
+    return {"example.test": PrimaryState(True, host, NOW - age),
+            "catchall.test": PrimaryState(True, host, NOW - age)}
+
+
+def down(host: str = "mx1.example.test") -> Dict[str, PrimaryState]:
+    return {"example.test": PrimaryState(False, host, NOW - 1),
+            "catchall.test": PrimaryState(False, host, NOW - 1)}
+
+
+@pytest.mark.parametrize("state", ["CONNECT", "EHLO", "HELO", "MAIL", "DATA", "END-OF-MESSAGE",
+                                   "VRFY", "ETRN", ""])
+def test_other_protocol_states_are_dunno_even_for_unknown_users(state: str) -> None:
+    decision = decide(rcpt("nobody@example.test", state=state), snapshot(), up(), NOW)
+    assert (decision.action, decision.outcome) == (DUNNO, "other_state")
+
+
+def test_missing_protocol_state_is_dunno() -> None:
+    request = rcpt("nobody@example.test")
+    del request["protocol_state"]
+    assert decide(request, snapshot(), up(), NOW).action == DUNNO
+
+
+def test_lower_case_protocol_state_still_counts_as_rcpt() -> None:
+    decision = decide(rcpt("nobody@example.test", state="rcpt"), snapshot(), up(), NOW)
+    assert decision.action == UNKNOWN_USER
+
+
+@pytest.mark.parametrize("recipient", ["alice@not-ours.test", "alice", "", "alice@sub.example.test"])
+def test_domain_not_ours_is_dunno(recipient: str) -> None:
+    decision = decide(rcpt(recipient), snapshot(), up(), NOW)
+    assert (decision.action, decision.outcome) == (DUNNO, "not_ours")
+    assert not decision.refused
+
+
+def test_missing_recipient_attribute_is_not_ours() -> None:
+    request = rcpt("x")
+    del request["recipient"]
+    assert decide(request, snapshot(), up(), NOW).outcome == "not_ours"
+
+
+@pytest.mark.parametrize("primaries", [up(), down(), {}], ids=["up", "down", "unknown"])
+def test_recipient_missing_from_covering_map_is_550_whatever_the_primary(primaries) -> None:
+    decision = decide(rcpt("mallory@example.test"), snapshot(), primaries, NOW)
+    assert decision.action == "550 5.1.1 User unknown in relay recipient table"
+    assert decision.action == UNKNOWN_USER
+    assert decision.outcome == "unknown_user"
+    assert decision.refused
+
+
+def test_unknown_user_beats_allowlist() -> None:
+    request = rcpt("mallory@example.test", sender="x@partner.test", client="192.0.2.9")
+    assert decide(request, snapshot(), up(), NOW).action == UNKNOWN_USER
+
+
+@pytest.mark.parametrize("recipients", [None, MAP], ids=["no map", "map not covering"])
+def test_domain_without_covering_map_is_accepted(recipients) -> None:
+    domain = "unmapped.test" if recipients is not None else "example.test"
+    decision = decide(rcpt(f"anyone@{domain}"), snapshot(recipients=recipients),
+                      {domain: PrimaryState(True, "mx", NOW)}, NOW)
+    assert (decision.action, decision.outcome) == (DUNNO, "unmapped_domain")
+
+
+def test_map_of_another_domain_does_not_cover_ours() -> None:
+    only_other = recipient_map("carol@other-mapped.test OK")
+    decision = decide(rcpt("carol@example.test"), snapshot(recipients=only_other), up(), NOW)
+    assert decision.outcome == "unmapped_domain"
+
+
+def test_catch_all_accepts_any_user_and_goes_on_to_the_primary_check() -> None:
+    decision = decide(rcpt("whoever@catchall.test"), snapshot(), up("mx.catchall"), NOW)
+    assert decision.action == f"{DEFER_PREFIX}Primary MX mx.catchall is up; deliver there"
+
+
+@pytest.mark.parametrize("recipient", [
+    "user%other.test@example.test",
+    "alice%other.test@example.test",
+    "user@other.test@example.test",
+    '"user@other.test"@example.test',
+    '"alice%x"@example.test',
+    "other.test!user@example.test",
+    "@relay.test:user@example.test",
+    "<@a.test,@b.test:alice@example.test>",
+])
+def test_routing_characters_are_refused(recipient: str) -> None:
+    decision = decide(rcpt(recipient), snapshot(), down(), NOW)
+    assert decision.action == ROUTING_REFUSED
+    assert decision.action.startswith("550 5.7.1 ")
+    assert decision.outcome == "routing"
+
+
+def test_routing_characters_for_a_domain_not_ours_are_none_of_our_business() -> None:
+    decision = decide(rcpt("user%x@not-ours.test"), snapshot(), down(), NOW)
+    assert decision.action == DUNNO
+
+
+def test_quoted_local_part_without_routing_characters_is_looked_up_normally() -> None:
+    decision = decide(rcpt('"john doe"@example.test'), snapshot(), down(), NOW)
+    assert decision.action == UNKNOWN_USER
+
+
+@pytest.mark.parametrize("sender,client", [
+    ("anyone@partner.test", "192.0.2.200"),
+    ("ANYONE@Partner.TEST", "192.0.2.1"),
+    ("boss@corp.test", "2001:db8:1::5"),
+    ("boss@corp.test", "ipv6:2001:db8::1"),
+    ("anyone@partner.test", "::ffff:192.0.2.3"),
+])
+def test_allowlisted_sender_network_is_dunno_with_primary_up(sender: str, client: str) -> None:
+    decision = decide(rcpt("alice@example.test", sender, client), snapshot(), up(), NOW)
+    assert (decision.action, decision.outcome) == (DUNNO, "allowlisted")
+
+
+@pytest.mark.parametrize("sender,client", [
+    ("anyone@partner.test", "198.51.100.1"),  # right sender, wrong network
+    ("anyone@elsewhere.test", "192.0.2.5"),  # right network, wrong sender
+    ("other@corp.test", "2001:db8::1"),  # user rule does not cover the domain
+    ("", "192.0.2.5"),  # null sender
+    ("anyone@partner.test", "unknown"),
+])
+def test_not_allowlisted_falls_through_to_primary(sender: str, client: str) -> None:
+    decision = decide(rcpt("alice@example.test", sender, client), snapshot(), up(), NOW)
+    assert decision.outcome == "primary_up_defer"
+
+
+def test_no_sender_networks_at_all() -> None:
+    bare = PolicySnapshot(DOMAINS, MAP, None)
+    decision = decide(rcpt("alice@example.test", "a@partner.test", "192.0.2.5"), bare, up(), NOW)
+    assert decision.outcome == "primary_up_defer"
+
+
+@pytest.mark.parametrize("host", ["mx1.example.test", "192.0.2.25", "2001:db8::25"])
+def test_primary_up_defers_by_default_naming_the_host(host: str) -> None:
+    decision = decide(rcpt("alice@example.test"), snapshot(), up(host), NOW)
+    assert decision.action == f"DEFER_IF_PERMIT 4.7.1 Primary MX {host} is up; deliver there"
+    assert decision.outcome == "primary_up_defer"
+    assert decision.refused
+    assert host in decision.reason
+
+
+def test_default_snapshot_action_is_defer() -> None:
+    default = PolicySnapshot(DOMAINS, MAP, None)
+    assert decide(rcpt("alice@example.test"), default, up(), NOW).action.startswith(DEFER_PREFIX)
+
+
+def test_primary_up_reject() -> None:
+    decision = decide(rcpt("bob@example.test"), snapshot("reject"), up("mx9"), NOW)
+    assert decision.action == "550 5.7.1 Primary MX mx9 is up; deliver there"
+    assert decision.outcome == "primary_up_reject"
+
+
+def test_primary_up_ignore() -> None:
+    decision = decide(rcpt("bob@example.test"), snapshot("ignore"), up(), NOW)
+    assert (decision.action, decision.outcome) == (DUNNO, "primary_up_ignored")
+    assert not decision.refused
+
+
+def test_primary_down_is_dunno() -> None:
+    decision = decide(rcpt("alice@example.test"), snapshot(), down("mx1"), NOW)
+    assert (decision.action, decision.outcome) == (DUNNO, "primary_down")
+    assert "mx1" in decision.reason
+
+
+def test_primary_never_probed_is_dunno() -> None:
+    decision = decide(rcpt("alice@example.test"), snapshot(), {}, NOW)
+    assert (decision.action, decision.outcome) == (DUNNO, "primary_unknown")
+
+
+@pytest.mark.parametrize("age,expected", [
+    (0.0, "primary_up_defer"),
+    (65.0, "primary_up_defer"),
+    (65.001, "primary_unknown"),
+    (3600.0, "primary_unknown"),
+])
+def test_primary_state_older_than_max_age_counts_as_unknown(age: float, expected: str) -> None:
+    decision = decide(rcpt("alice@example.test"), snapshot(max_age=65.0), up(age=age), NOW)
+    assert decision.outcome == expected
+
+
+def test_state_age_is_measured_against_the_now_argument() -> None:
+    primaries = {"example.test": PrimaryState(True, "mx", 100.0)}
+    request = rcpt("alice@example.test")
+    assert decide(request, snapshot(max_age=10), primaries, 105.0).outcome == "primary_up_defer"
+    assert decide(request, snapshot(max_age=10), primaries, 111.0).outcome == "primary_unknown"
+
+
+@pytest.mark.parametrize("recipient", [
+    "ALICE@EXAMPLE.TEST", "Alice@Example.Test", "alice@example.test.", "<Alice@Example.TEST.>",
+    " alice@example.test ", "alice+news@example.test", "Alice+News@EXAMPLE.test",
+])
+def test_recipient_and_domain_case_trailing_dot_and_extension(recipient: str) -> None:
+    decision = decide(rcpt(recipient), snapshot(), up(), NOW)
+    assert decision.outcome == "primary_up_defer"
+    assert decision.domain == "example.test"
+
+
+def test_extension_of_an_unknown_user_is_still_unknown() -> None:
+    assert decide(rcpt("mallory+x@example.test"), snapshot(), up(), NOW).action == UNKNOWN_USER
+
+
+def test_every_outcome_is_declared() -> None:
+    seen = {
+        decide(rcpt("a@example.test", state="MAIL"), snapshot(), {}, NOW).outcome,
+        decide(rcpt("a@nope.test"), snapshot(), {}, NOW).outcome,
+        decide(rcpt("zz@example.test"), snapshot(), {}, NOW).outcome,
+        decide(rcpt("a%b@example.test"), snapshot(), {}, NOW).outcome,
+        decide(rcpt("a@unmapped.test"), snapshot(), {}, NOW).outcome,
+        decide(rcpt("alice@example.test", "x@partner.test", "192.0.2.1"), snapshot(), up(),
+               NOW).outcome,
+        decide(rcpt("alice@example.test"), snapshot("defer"), up(), NOW).outcome,
+        decide(rcpt("alice@example.test"), snapshot("reject"), up(), NOW).outcome,
+        decide(rcpt("alice@example.test"), snapshot("ignore"), up(), NOW).outcome,
+        decide(rcpt("alice@example.test"), snapshot(), down(), NOW).outcome,
+        decide(rcpt("alice@example.test"), snapshot(), {}, NOW).outcome,
+    }
+    assert seen == set(OUTCOMES)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("User@Example.TEST.", ("user", "example.test")),
+    ("<a@b.test>", ("a", "b.test")),
+    ("postmaster", ("postmaster", "")),
+    ("a@b@c.test", ("a@b", "c.test")),
+    ("", ("", "")),
+])
+def test_split_recipient(text: str, expected: "tuple[str, str]") -> None:
+    assert split_recipient(text) == expected
+
+
+def test_primary_action_wording() -> None:
+    assert primary_action("defer", "h") == "DEFER_IF_PERMIT 4.7.1 Primary MX h is up; deliver there"
+    assert primary_action("reject", "h") == "550 5.7.1 Primary MX h is up; deliver there"

@@ -203,6 +203,9 @@ def _read_ini(text: str, path: str) -> Dict[str, Dict[str, _Entry]]:
             if not line.endswith("]"):
                 raise ConfigError(f"{path}:{number}: malformed section header {raw.strip()!r}")
             name = line[1:-1].strip().lower()
+            if name not in SCHEMA and name != "domains":
+                known = ", ".join([*SCHEMA, "domains"])
+                raise ConfigError(f"{path}:{number}: [{name}]: unknown section (known: {known})")
             if name in sections:
                 raise ConfigError(f"{path}:{number}: section [{name}] appears twice")
             current = sections[name] = {}
@@ -242,6 +245,8 @@ def _domains(path: str, entries: Mapping[str, _Entry]) -> Dict[str, PrimarySpec]
         domain = domain.rstrip(".")
         if not _DOMAIN_RE.match(domain):
             raise ConfigError(f"{path}:{entry.line}: [domains] {domain}: not a domain name")
+        if domain in domains:
+            raise ConfigError(f"{path}:{entry.line}: [domains] {domain}: domain set twice")
         try:
             domains[domain] = _primary(entry.value)
         except ValueError as error:
@@ -252,11 +257,6 @@ def _domains(path: str, entries: Mapping[str, _Entry]) -> Dict[str, PrimarySpec]
 def parse_config(text: str, path: str = "<string>") -> Config:
     """Validate a whole configuration text; raise ConfigError naming file, line and key."""
     sections = _read_ini(text, path)
-    for name, entries in sections.items():
-        if name not in SCHEMA and name != "domains":
-            known = ", ".join([*SCHEMA, "domains"])
-            first = min((e.line for e in entries.values()), default=0)
-            raise ConfigError(f"{path}: [{name}] (near line {first}): unknown section (known: {known})")
     policyd = _section_values(path, "policyd", sections.get("policyd", {}))
     milter = _section_values(path, "milter", sections.get("milter", {}))
     postfix = _section_values(path, "postfix", sections.get("postfix", {}))

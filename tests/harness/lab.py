@@ -41,6 +41,7 @@ class BackupMxLab:
         users: Iterable[str] = DEFAULT_USERS,
         sender_networks: str = "@partner.test 127.0.0.1/32, ::1/128\n",
         policyd_settings: Optional[Dict[str, str]] = None,
+        policy_socket: str = "inet",
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -48,6 +49,12 @@ class BackupMxLab:
         self.with_milter = milter
         self.primaries: Dict[str, FakePrimary] = {d: FakePrimary(free_port()) for d in self.domains}
         self.policy_port = free_port()
+        self.policy_socket_path = self.root / "policyd.sock"
+        if policy_socket == "unix":
+            self.policy_listen = f"unix:{self.policy_socket_path}:0666"
+            postfix_policy = f"unix:{self.policy_socket_path}"
+        else:
+            self.policy_listen = postfix_policy = f"inet:127.0.0.1:{self.policy_port}"
         self.milter_port = free_port()
         self.recipients_path = self.root / "relay_recipients"
         self.networks_path = self.root / "sender_networks"
@@ -59,7 +66,7 @@ class BackupMxLab:
         self.postfix = PostfixInstance(
             self.root / "postfix", free_port(),
             {d: p.port for d, p in self.primaries.items()},
-            policy=f"inet:127.0.0.1:{self.policy_port}",
+            policy=postfix_policy,
             milter=f"inet:127.0.0.1:{self.milter_port}" if milter else None,
         )
         self.write_config(policyd_settings or {})
@@ -68,7 +75,7 @@ class BackupMxLab:
 
     def write_config(self, policyd_settings: Dict[str, str]) -> None:
         policyd = {
-            "listen": f"inet:127.0.0.1:{self.policy_port}",
+            "listen": self.policy_listen,
             "recipients": str(self.recipients_path),
             "sender_networks": str(self.networks_path),
             "recipient_delimiter": "+",

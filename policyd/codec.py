@@ -7,7 +7,7 @@ in one go rather than line by line, which keeps the per-request cost low.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 Request = Dict[str, str]
 
@@ -15,7 +15,13 @@ _END = b"\n\n"
 
 
 class ProtocolError(ValueError):
-    """The peer broke the protocol; the connection must be closed without a reply."""
+    """The peer broke the protocol; the connection must be closed without a reply.
+
+    ``requests`` holds the complete requests that came before the error in the same read: they
+    are answered before closing, so the outcome does not depend on how the bytes were split.
+    """
+
+    requests: Sequence["Request"] = ()
 
 
 class RequestDecoder:
@@ -37,16 +43,26 @@ class RequestDecoder:
         buffer = self._buffer + data if self._buffer else data
         requests: List[Request] = []
         start = 0
-        while True:
-            if buffer.startswith(b"\n", start):
-                raise ProtocolError("empty request (a blank line with no attributes)")
-            end = buffer.find(_END, start)
-            if end < 0:
-                break
-            requests.append(self._decode(buffer[start:end]))
-            start = end + 2
-        self._buffer = buffer[start:]
-        self._check_partial()
+        crlf = b"\r" in buffer  # tolerate CRLF line ends: rare, so only then look for them
+        try:
+            while True:
+                if buffer.startswith(b"\n", start) or crlf and buffer.startswith(b"\r\n", start):
+                    raise ProtocolError("empty request (a blank line with no attributes)")
+                end = buffer.find(_END, start)
+                skip = 2
+                if crlf:
+                    crlf_end = buffer.find(b"\n\r\n", start)
+                    if crlf_end >= 0 and (end < 0 or crlf_end < end):
+                        end, skip = crlf_end, 3
+                if end < 0:
+                    break
+                requests.append(self._decode(buffer[start:end]))
+                start = end + skip
+            self._buffer = buffer[start:]
+            self._check_partial()
+        except ProtocolError as error:
+            error.requests = requests
+            raise
         return requests
 
     def _check_partial(self) -> None:
@@ -63,6 +79,8 @@ class RequestDecoder:
         text = block.decode("utf-8", "replace")
         if "\r" in text:
             text = text.replace("\r\n", "\n")
+            if text.endswith("\r"):
+                text = text[:-1]
         lines = text.split("\n")
         if len(lines) > self.max_attributes:
             raise ProtocolError(f"more than {self.max_attributes} attributes in one request")
@@ -71,8 +89,8 @@ class RequestDecoder:
         except ValueError:
             bad = next(line for line in lines if "=" not in line)
             raise ProtocolError(f"attribute line without '=': {bad[:80]!r}") from None
-        if len(block) > self.max_line_length and any(
-            len(line) > self.max_line_length for line in lines
+        if len(block) > self.max_line_length and any(  # in bytes, as _check_partial counts
+            len(line) > self.max_line_length for line in block.split(b"\n")
         ):
             raise ProtocolError(f"line longer than {self.max_line_length} bytes")
         return request

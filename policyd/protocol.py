@@ -7,7 +7,7 @@ On a protocol error the connection is closed without a reply, as Postfix expects
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -42,8 +42,12 @@ class PolicyProtocol(Protocol, TimeoutMixin):
             self._broken = True
             self.log.warn("policy protocol error from {peer}: {error}; closing without reply",
                           peer=self._peer(), error=str(error))
+            self._answer(error.requests)  # those complete before the error, in the same read
             self.transport.loseConnection()
             return
+        self._answer(requests)
+
+    def _answer(self, requests: Sequence[Request]) -> None:
         respond = self.factory.respond
         if len(requests) == 1:
             self.transport.write(encode_reply(respond(requests[0])))

@@ -1,0 +1,163 @@
+"""The Twisted policy protocol over a StringTransport: byte streams in, replies out."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import pytest
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.python.failure import Failure
+
+try:
+    from twisted.internet.testing import StringTransport
+except ImportError:  # Twisted before 19.7 (not Debian 12's 22.4, but cheap to keep)
+    from twisted.test.proto_helpers import StringTransport  # type: ignore[no-redef]
+
+from backupmx.policyd.decision import PolicySnapshot, PrimaryState, decide
+from backupmx.policyd.protocol import PolicyFactory, PolicyProtocol
+from backupmx.policyd.recipients import RecipientMap
+from tests.unit.policy_streams import (
+    POSTFIX_RCPT, READ_SIZES, ROWS, Row, chunks, encode, small,
+)
+
+
+class Recorder:
+    """A responder that numbers the requests it sees and keeps them."""
+
+    def __init__(self) -> None:
+        self.requests: List[Dict[str, str]] = []
+
+    def __call__(self, request: Dict[str, str]) -> str:
+        self.requests.append(dict(request))
+        return f"DUNNO {len(self.requests)}"
+
+
+def connect(factory: PolicyFactory, clock: "task.Clock | None" = None
+            ) -> "tuple[PolicyProtocol, StringTransport]":
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    if clock is not None:
+        protocol.callLater = clock.callLater  # TimeoutMixin's documented hook
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def expected_replies(count: int) -> bytes:
+    return b"".join(b"action=DUNNO %d\n\n" % n for n in range(1, count + 1))
+
+
+@pytest.mark.parametrize("size", READ_SIZES)
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+def test_stream_table(row: Row, size: int) -> None:
+    recorder = Recorder()
+    factory = PolicyFactory(recorder, None, row.max_line_length, row.max_attributes)
+    protocol, transport = connect(factory)
+    for data in chunks(row.stream, size):
+        protocol.dataReceived(data)  # keeps feeding after an error: it must be ignored
+    assert recorder.requests == list(row.requests)
+    assert transport.value() == expected_replies(len(row.requests))
+    assert transport.disconnecting is row.broken
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert factory.connections == 0
+
+
+def test_replies_come_one_per_request_as_they_complete() -> None:
+    recorder = Recorder()
+    protocol, transport = connect(PolicyFactory(recorder, None))
+    stream = small(1)
+    for byte in chunks(stream[:-1], 1):
+        protocol.dataReceived(byte)
+        assert transport.value() == b""
+    protocol.dataReceived(stream[-1:])
+    assert transport.value() == b"action=DUNNO 1\n\n"
+    transport.clear()
+    protocol.dataReceived(small(2))
+    assert transport.value() == b"action=DUNNO 2\n\n"
+    assert not transport.disconnecting
+
+
+@pytest.mark.parametrize("size", READ_SIZES)
+def test_unknown_attributes_do_not_change_the_decision(size: int) -> None:
+    """The real decision as responder: a future attribute is ignored, the answer is the same."""
+    snapshot = PolicySnapshot(frozenset({"example.test"}),
+                              RecipientMap({"example.test": frozenset({"alice"})}), None)
+    primaries = {"example.test": PrimaryState(True, "mx.example.test", 100.0)}
+    factory = PolicyFactory(lambda request: decide(request, snapshot, primaries, 101.0).action,
+                            None)
+    known = [pair for pair in POSTFIX_RCPT if pair[0] != "some_future_attribute"]
+    stream = encode(POSTFIX_RCPT) + encode(known) + encode(POSTFIX_RCPT + [("zzz", "1")])
+    protocol, transport = connect(factory)
+    for data in chunks(stream, size):
+        protocol.dataReceived(data)
+    reply = b"action=DEFER_IF_PERMIT 4.7.1 Primary MX mx.example.test is up; deliver there\n\n"
+    assert transport.value() == reply * 3
+
+
+@pytest.mark.parametrize("size", READ_SIZES)
+def test_disconnect_mid_request_does_not_crash(size: int) -> None:
+    recorder = Recorder()
+    factory = PolicyFactory(recorder, None)
+    protocol, transport = connect(factory)
+    for data in chunks(small(1) + small(2)[:-3], size):
+        protocol.dataReceived(data)
+    assert protocol.decoder.pending
+    protocol.connectionLost(Failure(ConnectionLost()))
+    assert len(recorder.requests) == 1
+    assert factory.connections == 0
+
+
+def test_connection_count() -> None:
+    factory = PolicyFactory(Recorder(), None)
+    first, _ = connect(factory)
+    second, _ = connect(factory)
+    assert factory.connections == 2
+    first.connectionLost(Failure(ConnectionDone()))
+    second.connectionLost(Failure(ConnectionDone()))
+    assert factory.connections == 0
+
+
+def test_idle_timeout_closes_and_activity_resets_it() -> None:
+    clock = task.Clock()
+    protocol, transport = connect(PolicyFactory(Recorder(), idle_timeout=300.0), clock)
+    clock.advance(299)
+    assert not transport.disconnecting
+    protocol.dataReceived(b"request=smtpd_access_policy\n")  # any bytes count as activity
+    clock.advance(299)
+    assert not transport.disconnecting
+    protocol.dataReceived(b"\n")
+    clock.advance(299.5)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting
+    assert transport.value() == b"action=DUNNO 1\n\n"
+
+
+def test_connection_lost_cancels_the_idle_timer() -> None:
+    clock = task.Clock()
+    protocol, _ = connect(PolicyFactory(Recorder(), idle_timeout=10.0), clock)
+    assert len(clock.getDelayedCalls()) == 1
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
+
+
+def test_no_idle_timeout_when_none() -> None:
+    clock = task.Clock()
+    _, transport = connect(PolicyFactory(Recorder(), idle_timeout=None), clock)
+    assert clock.getDelayedCalls() == []
+    assert not transport.disconnecting
+
+
+def test_protocol_error_is_logged_with_the_peer() -> None:
+    from twisted.logger import globalLogPublisher
+    events: List[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        protocol, transport = connect(PolicyFactory(Recorder(), None))
+        protocol.dataReceived(b"garbage\n\n")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [e for e in events if "protocol error" in e.get("log_format", "")]
+    assert len(warnings) == 1
+    assert warnings[0]["peer"] == "127.0.0.1:40000"
+    assert transport.value() == b"" and transport.disconnecting

@@ -117,10 +117,11 @@ class PolicyService:
         if self._reloading is not None:
             self._reload_again = True
             return self._reloading
-        self._reloading = self.run_in_thread(self._load_all, self.config.path)
-        self._reloading.addCallbacks(self._apply_reload, self._reload_failed)
-        self._reloading.addBoth(self._reload_done)
-        return self._reloading
+        # A local name: a load that completes at once has already cleared self._reloading.
+        reloading = self._reloading = self.run_in_thread(self._load_all, self.config.path)
+        reloading.addCallbacks(self._apply_reload, self._reload_failed)
+        reloading.addBoth(self._reload_done)
+        return reloading
 
     @staticmethod
     def _load_all(path: str) -> Tuple[Config, LoadedMaps]:

@@ -1,0 +1,316 @@
+"""PolicyService: the request path, map polling and SIGHUP reloads, on a fake reactor."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+import pytest
+from twisted.internet import defer, task
+from twisted.logger import LogLevel, globalLogPublisher
+
+from backupmx.policyd.config import Config, load_config
+from backupmx.policyd.decision import PrimaryState
+from backupmx.policyd.maps import load_maps
+from backupmx.policyd.service import PolicyService, describe
+
+
+class FakeProber:
+    """What PolicyService uses of PrimaryProber."""
+
+    def __init__(self) -> None:
+        self.states: Dict[str, PrimaryState] = {}
+        self.max_age = 65.0
+        self.running = False
+        self.updates: List[Tuple[Dict[str, Any], float, float]] = []
+
+    def start(self) -> None:
+        self.running = True
+
+    def stop(self) -> None:
+        self.running = False
+
+    def update(self, domains: Any, interval: float, timeout: float) -> None:
+        self.updates.append((dict(domains), interval, timeout))
+        self.max_age = interval * 2 + timeout
+
+
+def synchronous(function: Callable[..., Any], *args: Any) -> defer.Deferred:
+    return defer.maybeDeferred(function, *args)
+
+
+class ManualThreads:
+    """A run_in_thread whose jobs run only when the test says so (to make reloads overlap)."""
+
+    def __init__(self) -> None:
+        self.jobs: List[Tuple[Callable[..., Any], Tuple[Any, ...], defer.Deferred]] = []
+
+    def __call__(self, function: Callable[..., Any], *args: Any) -> defer.Deferred:
+        done: defer.Deferred = defer.Deferred()
+        self.jobs.append((function, args, done))
+        return done
+
+    def run_next(self) -> None:
+        function, args, done = self.jobs.pop(0)
+        defer.maybeDeferred(function, *args).chainDeferred(done)
+
+
+@pytest.fixture
+def events() -> Any:
+    captured: List[dict] = []
+    globalLogPublisher.addObserver(captured.append)
+    yield captured
+    globalLogPublisher.removeObserver(captured.append)
+
+
+def messages(events: List[dict], level: LogLevel) -> List[str]:
+    from twisted.logger import formatEvent
+    return [formatEvent(e) for e in events if e.get("log_level") == level
+            and e.get("log_namespace", "").startswith("backupmx.policyd.service")]
+
+
+class Setup:
+    """A configuration file, its recipient map and sender networks in a temporary folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.conf = folder / "backupmx.conf"
+        self.recipients = folder / "relay_recipients"
+        self.networks = folder / "sender_networks"
+        self.recipients.write_text("alice@example.test OK\n", encoding="utf-8")
+        self.networks.write_text("@partner.test 192.0.2.0/24\n", encoding="utf-8")
+        self.write_config()
+
+    def write_config(self, extra: str = "", domains: str = "example.test = [127.0.0.1]:2526\n"
+                     ) -> None:
+        self.conf.write_text(
+            f"[policyd]\nrecipients = {self.recipients}\nsender_networks = {self.networks}\n"
+            f"recipient_delimiter = +\nmap_check_interval = 5\n{extra}\n[domains]\n{domains}",
+            encoding="utf-8")
+
+    def config(self) -> Config:
+        return load_config(str(self.conf))
+
+
+def rewrite(path: Path, text: str) -> None:
+    """Write new content and move the mtime on, so the change is visible whatever the clock."""
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_text(text, encoding="utf-8")
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+def make_service(setup: Setup, run_in_thread: Callable[..., defer.Deferred] = synchronous
+                 ) -> "tuple[PolicyService, FakeProber, task.Clock]":
+    clock = task.Clock()
+    clock.advance(1000)
+    prober = FakeProber()
+    config = setup.config()
+    service = PolicyService(clock, config, load_maps(config), prober, run_in_thread)
+    return service, prober, clock
+
+
+def rcpt(recipient: str, sender: str = "x@far.test", client: str = "198.51.100.1") -> dict:
+    return {"protocol_state": "RCPT", "recipient": recipient, "sender": sender,
+            "client_address": client, "queue_id": "", "instance": "abc.1"}
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    return Setup(tmp_path)
+
+
+def test_respond_uses_snapshot_prober_states_and_reactor_time(setup: Setup) -> None:
+    service, prober, clock = make_service(setup)
+    assert service.respond(rcpt("alice@example.test")) == "DUNNO"  # primary unknown
+    assert service.respond(rcpt("bob@example.test")).startswith("550 5.1.1 ")
+    prober.states["example.test"] = PrimaryState(True, "127.0.0.1", clock.seconds())
+    assert service.respond(rcpt("alice+tag@example.test")).startswith("DEFER_IF_PERMIT 4.7.1 ")
+    assert service.respond(rcpt("alice@example.test", "a@partner.test", "192.0.2.3")) == "DUNNO"
+    clock.advance(prober.max_age + 1)
+    assert service.respond(rcpt("alice@example.test")) == "DUNNO"  # state too old
+
+
+def test_refusals_are_logged_accepts_only_when_asked(setup: Setup, events: List[dict]) -> None:
+    service, _, _ = make_service(setup)
+    service.respond(rcpt("bob@example.test"))
+    service.respond(rcpt("alice@example.test"))
+    logged = messages(events, LogLevel.info)
+    assert len(logged) == 1
+    assert "unknown_user" in logged[0] and "recipient=<bob@example.test>" in logged[0]
+    events.clear()
+    setup.write_config("log_accepts = yes\n")
+    service.reload()
+    events.clear()
+    service.respond(rcpt("alice@example.test"))
+    assert len(messages(events, LogLevel.info)) == 1
+
+
+def test_observers_see_every_decision(setup: Setup) -> None:
+    service, _, _ = make_service(setup)
+    seen: List[str] = []
+    service.observers.append(lambda request, decision: seen.append(decision.outcome))
+    service.respond(rcpt("alice@example.test"))
+    service.respond(rcpt("bob@example.test"))
+    service.respond(rcpt("bob@not-ours.test"))
+    assert seen == ["primary_unknown", "unknown_user", "not_ours"]
+
+
+def test_unmapped_domain_is_warned_once(setup: Setup, events: List[dict]) -> None:
+    setup.write_config(domains="example.test = mx\nunmapped.test = mx\n")
+    service, _, _ = make_service(setup)
+    for _ in range(3):
+        assert service.respond(rcpt("anyone@unmapped.test")) == "DUNNO"
+    warnings = messages(events, LogLevel.warn)
+    assert len(warnings) == 1 and "unmapped.test" in warnings[0]
+
+
+def test_edited_map_is_swapped_in_by_check_maps(setup: Setup, events: List[dict]) -> None:
+    service, _, _ = make_service(setup)
+    before = service.snapshot
+    service.check_maps()
+    assert service.snapshot is before  # nothing changed, nothing reloaded
+    rewrite(setup.recipients, "alice@example.test OK\nbob@example.test OK\n")
+    service.check_maps()
+    assert service.snapshot is not before
+    assert service.respond(rcpt("bob@example.test")) == "DUNNO"
+    assert any("recipient maps reloaded: 2 keys" in m for m in messages(events, LogLevel.info))
+
+
+def test_edited_sender_networks_are_swapped_in(setup: Setup) -> None:
+    service, prober, clock = make_service(setup)
+    prober.states["example.test"] = PrimaryState(True, "h", clock.seconds())
+    request = rcpt("alice@example.test", "a@partner.test", "198.51.100.9")
+    assert service.respond(request).startswith("DEFER_IF_PERMIT")
+    rewrite(setup.networks, "@partner.test 198.51.100.0/24\n")
+    service.check_maps()
+    assert service.respond(request) == "DUNNO"
+
+
+def test_broken_map_keeps_last_good_and_logs_once(setup: Setup, events: List[dict]) -> None:
+    service, _, _ = make_service(setup)
+    good = service.snapshot
+    rewrite(setup.recipients, "alice@example.test OK\nbroken-line\n")
+    for _ in range(3):
+        service.check_maps()
+    assert service.snapshot is good
+    assert service.respond(rcpt("alice@example.test")) == "DUNNO"
+    errors = messages(events, LogLevel.error)
+    assert len(errors) == 1
+    assert f"{setup.recipients}:line 2" in errors[0]
+    rewrite(setup.recipients, "alice@example.test OK\ncarol@example.test OK\n")
+    service.check_maps()
+    assert service.snapshot is not good
+    assert service.respond(rcpt("carol@example.test")) == "DUNNO"
+
+
+def test_removed_map_keeps_last_good(setup: Setup, events: List[dict]) -> None:
+    service, _, _ = make_service(setup)
+    good = service.snapshot
+    setup.recipients.unlink()
+    service.check_maps()
+    service.check_maps()
+    assert service.snapshot is good
+    assert len(messages(events, LogLevel.error)) == 1
+
+
+def test_map_check_runs_on_the_clock(setup: Setup) -> None:
+    service, prober, clock = make_service(setup)
+    service.start()
+    assert prober.running
+    rewrite(setup.recipients, "alice@example.test OK\nbob@example.test OK\n")
+    clock.advance(4.9)
+    assert service.respond(rcpt("bob@example.test")).startswith("550")
+    clock.advance(0.2)
+    assert service.respond(rcpt("bob@example.test")) == "DUNNO"
+    service.stop()
+    assert not prober.running
+    assert clock.getDelayedCalls() == []
+
+
+def test_reload_applies_new_config_and_updates_the_prober(setup: Setup) -> None:
+    service, prober, _ = make_service(setup)
+    setup.write_config("probe_interval = 10\nprobe_timeout = 2\n",
+                       domains="example.test = [127.0.0.1]:2526\nnew.test = mx\n")
+    reloading = service.reload()
+    assert isinstance(reloading, defer.Deferred)
+    assert service.snapshot.domains == frozenset({"example.test", "new.test"})
+    assert prober.updates[-1][1:] == (10.0, 2.0)
+    assert set(prober.updates[-1][0]) == {"example.test", "new.test"}
+    assert service.snapshot.state_max_age == 22.0
+
+
+def test_reload_with_broken_config_keeps_the_old_one(setup: Setup, events: List[dict]) -> None:
+    service, prober, _ = make_service(setup)
+    config, snapshot = service.config, service.snapshot
+    setup.conf.write_text("[policyd]\nprimary_up_action = bounce\n", encoding="utf-8")
+    service.reload()
+    assert service.config is config and service.snapshot is snapshot
+    assert prober.updates == []
+    errors = messages(events, LogLevel.error)
+    assert len(errors) == 1
+    assert f"{setup.conf}:2: [policyd] primary_up_action" in errors[0]
+    assert service._reloading is None  # the next reload may run
+
+
+def test_reload_with_broken_map_keeps_the_old_one(setup: Setup, events: List[dict]) -> None:
+    service, _, _ = make_service(setup)
+    snapshot = service.snapshot
+    rewrite(setup.recipients, "nope\n")
+    service.reload()
+    assert service.snapshot is snapshot
+    assert len(messages(events, LogLevel.error)) == 1
+
+
+def test_overlapping_reloads_merge_into_one_more_run(setup: Setup) -> None:
+    threads = ManualThreads()
+    service, prober, _ = make_service(setup, threads)
+    first = service.reload()
+    assert len(threads.jobs) == 1
+    assert service.reload() is first
+    assert service.reload() is first
+    assert len(threads.jobs) == 1  # nothing more starts while one runs
+    setup.write_config(domains="example.test = mx\nlater.test = mx\n")
+    threads.run_next()
+    assert first.called
+    assert len(threads.jobs) == 1  # the merged follow-up
+    threads.run_next()
+    assert threads.jobs == []
+    assert len(prober.updates) == 2
+    assert "later.test" in service.snapshot.domains
+
+
+def test_check_maps_waits_for_a_running_reload(setup: Setup) -> None:
+    threads = ManualThreads()
+    service, _, _ = make_service(setup, threads)
+    service.reload()
+    rewrite(setup.recipients, "alice@example.test OK\nbob@example.test OK\n")
+    service.check_maps()
+    assert len(threads.jobs) == 1  # only the reload
+    threads.run_next()
+    assert threads.jobs == []
+    assert service.respond(rcpt("bob@example.test")) == "DUNNO"
+
+
+def test_sighup_during_map_reload_runs_after_it(setup: Setup) -> None:
+    threads = ManualThreads()
+    service, prober, _ = make_service(setup, threads)
+    rewrite(setup.recipients, "alice@example.test OK\nbob@example.test OK\n")
+    service.check_maps()
+    threads.run_next()  # the signature check
+    assert len(threads.jobs) == 1  # the map load
+    service.reload()
+    assert len(threads.jobs) == 1
+    threads.run_next()
+    assert service.respond(rcpt("bob@example.test")) == "DUNNO"
+    assert len(threads.jobs) == 1  # now the full reload
+    threads.run_next()
+    assert len(prober.updates) == 1
+
+
+def test_describe() -> None:
+    from backupmx.policyd.decision import Decision
+    line = describe({"queue_id": "", "instance": "i1", "client_name": "c.test",
+                     "client_address": "192.0.2.1", "sender": "", "recipient": "r@x.test"},
+                    Decision("550 x", "unknown_user", "x.test", "why"))
+    assert line == ('unknown_user: queue_id=- instance=i1 client=c.test[192.0.2.1] sender=<> '
+                    'recipient=<r@x.test> action="550 x" reason="why"')

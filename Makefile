@@ -35,7 +35,7 @@ rpm:
 	$(call export_source,"$$tree/backupmx-$(VERSION)"); \
 	tar -C "$$tree" -czf "$$tree/SOURCES/backupmx-$(VERSION).tar.gz" backupmx-$(VERSION); \
 	PATH=$(SYSTEM_PATH) rpmbuild -bb --nodeps --define "_topdir $$tree" \
-	    --define "version $(VERSION)" packaging/rpm/backupmx.spec; \
+	    --define "upstream_version $(VERSION)" packaging/rpm/backupmx.spec; \
 	mkdir -p $(DIST); cp "$$tree"/RPMS/noarch/*.rpm $(DIST)/
 
 clean:

@@ -100,10 +100,14 @@ class PrimaryProber:
         self.timeout = timeout
         self.resolver = resolver
         self.max_age = interval * 2 + timeout
-        self.states: TTLCache = TTLCache(maxsize=max(len(domains), 1) * 2 + 64,
-                                         ttl=self.max_age, timer=reactor.seconds)
+        self.states: TTLCache = self._new_states()
         self._in_flight: Dict[str, defer.Deferred] = {}
         self._loop: Any = None
+
+    def _new_states(self) -> TTLCache:
+        """A cache sized for the configured domains, keeping states for max_age."""
+        return TTLCache(maxsize=max(len(self.domains), 1) * 2 + 64, ttl=self.max_age,
+                        timer=self.reactor.seconds)
 
     def start(self) -> None:
         from twisted.internet.task import LoopingCall
@@ -120,8 +124,13 @@ class PrimaryProber:
         self.domains = dict(domains)
         self.timeout = timeout
         self.max_age = interval * 2 + timeout
-        for gone in [d for d in list(self.states.keys()) if d not in self.domains]:
-            del self.states[gone]
+        # A new cache: TTLCache's ttl and maxsize are fixed, and both depend on the settings.
+        states = self._new_states()
+        for domain in list(self.states):
+            state = self.states.get(domain)  # None if it expired meanwhile
+            if state is not None and domain in self.domains:
+                states[domain] = state
+        self.states = states
         if interval != self.interval and self._loop is not None and self._loop.running:
             self._loop.stop()
             self.interval = interval

@@ -21,7 +21,7 @@ SETTING = re.compile(r"^(\w+) = ?(.*)$")
 PACKAGED_SETTINGS = {
     ("policyd", "listen"): "unix:/var/spool/postfix/backupmx/policyd.sock:0660",
     ("policyd", "sender_networks"): "/etc/backupmx/sender_networks",
-    ("milter", "listen"): "unix:/var/spool/postfix/backupmx/milter.sock",
+    ("milter", "listen"): "unix:/var/spool/postfix/backupmx/milter.sock:0660",
 }
 
 

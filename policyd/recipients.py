@@ -46,11 +46,17 @@ class RecipientMap:
 
 
 def _strip_extension(local: str, delimiters: str) -> Optional[str]:
-    """``user+tag`` -> ``user`` for the first delimiter character present, else None."""
-    for position, char in enumerate(local):
-        if char in delimiters and position > 0:
-            return local[:position]
-    return None
+    """``user+tag`` -> ``user`` at the first delimiter character past position 0, else None.
+
+    One ``find`` per delimiter character rather than a Python loop over the local part: every
+    unknown recipient comes through here.
+    """
+    cut = -1
+    for char in delimiters:
+        position = local.find(char, 1)
+        if position > 0 and (cut < 0 or position < cut):
+            cut = position
+    return local[:cut] if cut > 0 else None
 
 
 def logical_lines(lines: Iterable[str]) -> Iterator[Tuple[int, str]]:

@@ -47,9 +47,12 @@ class Postfix:
             raise PostfixError(f"{' '.join(command)}: {reason}")
         return result
 
-    def postconf(self, *names: str, defaults: bool = False) -> Dict[str, str]:
-        """Values of main.cf parameters (``postconf [-d] NAME...``) as a dict."""
-        args = ["-d", *names] if defaults else list(names)
+    def postconf(self, *names: str, defaults: bool = False, expand: bool = False) -> Dict[str, str]:
+        """Values of main.cf parameters (``postconf [-d] [-x] NAME...``) as a dict.
+
+        ``expand`` asks Postfix to expand ``$name`` references (``-x``), as its daemons would.
+        """
+        args = (["-d"] if defaults else []) + (["-x"] if expand else []) + list(names)
         output = self.run("postconf", *args).stdout
         return parse_postconf(output.splitlines())
 

@@ -1,0 +1,125 @@
+"""The pymilter layer: collect a message's envelope and size, record it at end-of-message.
+
+Thin on purpose: callbacks feed ``recorder.Envelope``, ``eom`` asks ``recorder.build_record`` and
+hands the result to the ledger. Every callback is ``@noreply`` where the protocol allows (Postfix
+does not wait for us before the end of message), callbacks we do not override (data, eoh,
+unknown) are not negotiated at all, no modification action is requested, and every answer is
+CONTINUE: the milter never changes, delays or rejects mail.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, ClassVar, Collection, Optional
+
+import Milter
+
+from backupmx.milter.recorder import Envelope, bare_address, build_record, clean_text
+
+log = logging.getLogger("backupmx.milter")
+
+
+class LedgerMilter(Milter.Base):
+    """One instance per SMTP connection (libmilter calls it from that connection's thread)."""
+
+    # Set once by ``configure`` before the milter runs; shared by every connection.
+    ledger: ClassVar[Any] = None
+    domains: ClassVar[Collection[str]] = frozenset()
+    clock: ClassVar[Callable[[], float]] = time.time
+
+    def __init__(self) -> None:
+        self.client_addr = ""
+        self.client_name = ""
+        self.helo = ""
+        self.envelope: Optional[Envelope] = None
+
+    @classmethod
+    def configure(cls, ledger: Any, domains: Collection[str],
+                  clock: Callable[[], float] = time.time) -> None:
+        cls.ledger = ledger
+        cls.domains = frozenset(d.lower() for d in domains)
+        cls.clock = staticmethod(clock)  # type: ignore[assignment]
+
+    def negotiate(self, opts: list) -> int:
+        """Standard negotiation of callbacks, but ask for no modification actions at all."""
+        result = super().negotiate(opts)
+        opts[0] = self._actions = 0
+        return result
+
+    @Milter.noreply
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        # hostaddr is (ip, port[, flow, scope]) for TCP clients, a path for unix ones.
+        address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else hostaddr
+        self.client_addr = clean_text(address or "")
+        self.client_name = clean_text(hostname or "")
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def hello(self, hostname: str) -> int:
+        self.helo = clean_text(hostname or "")
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envfrom(self, sender: str, *params: str) -> int:
+        self.envelope = Envelope(sender=bare_address(sender))
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envrcpt(self, recipient: str, *params: str) -> int:
+        if self.envelope is not None:
+            self.envelope.recipients.append(bare_address(recipient))
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @Milter.decode("bytes")
+    def header(self, name: Any, value: Any) -> int:
+        if self.envelope is not None:
+            self.envelope.add_header(name, value)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def eoh(self) -> int:
+        if self.envelope is not None:
+            self.envelope.end_of_headers()
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def body(self, chunk: bytes) -> int:
+        if self.envelope is not None:
+            self.envelope.add_body(chunk)
+        return Milter.CONTINUE
+
+    def eom(self) -> int:
+        """Record before answering: once Postfix has our CONTINUE it may tell the client 250."""
+        envelope, self.envelope = self.envelope, None
+        if envelope is None:
+            return Milter.CONTINUE
+        try:
+            self._record(envelope)
+        except Exception:  # accounting must never stop mail: log with the traceback, go on
+            log.exception("cannot record a message (queue id %s)", self._queue_id())
+        return Milter.CONTINUE
+
+    def _queue_id(self) -> Optional[str]:
+        value = self.getsymval("{i}")
+        return clean_text(value) if value else None
+
+    def _record(self, envelope: Envelope) -> None:
+        queue_id = self._queue_id()
+        record = build_record(queue_id, envelope, self.domains, self.clock(), self.client_addr,
+                              self.client_name, self.helo)
+        if record is None:
+            return
+        if not queue_id:
+            log.error("no queue id ({i} macro) at end of message from %s for %s: recorded "
+                      "without one; check milter_end_of_data_macros", self.client_addr,
+                      ", ".join(r for rcpts in record.recipients.values() for r in rcpts))
+        self.ledger.record(record)
+
+    def abort(self) -> int:
+        """The client gave up on this message (RSET, QUIT or a lost connection)."""
+        self.envelope = None
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        return Milter.CONTINUE

@@ -1,0 +1,251 @@
+"""``backupmx flush DOMAIN [--force] [--wait SECONDS]`` and ``backupmx flush --auto``.
+
+A flush is an accounted operation: refuse when the primary is unreachable (unless --force) or when
+Postfix cannot flush the domain (not in fast_flush_domains), reconcile, run ``postqueue -s``,
+reconcile until the domain's held mail has left or --wait expires, record the event, say what
+left and what remains. ``--auto`` flushes every domain with held mail whose primary is up; it
+holds a lock so a timer and an admin never flush at the same time.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import os
+import re
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Mapping, Optional
+from contextlib import contextmanager
+
+from backupmx.milter.context import CommandContext
+from backupmx.milter.ledger import DomainSummary, LedgerError
+from backupmx.milter.probe import UP, PrimaryReport
+from backupmx.milter.queue import QueueFormatError, QueueSnapshot, reconcile
+from backupmx.policyd.config import Config
+from backupmx.policyd.postfix import PostfixError
+
+DEFAULT_WAIT = 30.0
+POLL_INTERVAL = 0.2
+LOCK_WAIT = 120.0
+EXIT_OK, EXIT_REFUSED = 0, 1
+
+
+class FlushRefused(Exception):
+    """The flush was not started; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class FlushOutcome:
+    domain: str
+    flush_id: int
+    held_before: int
+    delivered: int
+    remaining: int
+    result: str  # complete | partial | failed
+
+    def describe(self) -> str:
+        return (f"{self.domain}: {self.delivered} messages left the queue, {self.remaining} "
+                f"still queued (held before: {self.held_before}; flush #{self.flush_id}, "
+                f"{self.result})")
+
+
+# ---- pure decisions ---------------------------------------------------------------------------
+
+def in_fast_flush_domains(value: str, domain: str) -> Optional[bool]:
+    """Whether Postfix's expanded ``fast_flush_domains`` lets ``postqueue -s domain`` work.
+
+    Follows Postfix's domain list rules (parent domains match subdomains for this parameter by
+    default, ``.domain`` matches subdomains, ``!pattern`` excludes). None when a lookup table or
+    file decides, which only Postfix can answer.
+    """
+    domain = domain.lower().rstrip(".")
+    for entry in (e for e in re.split(r"[\s,]+", value.lower()) if e):
+        negate = entry.startswith("!")
+        pattern = entry[1:] if negate else entry
+        if pattern.startswith("/") or ":" in pattern:
+            return None
+        pattern = pattern.rstrip(".")
+        bare = pattern.lstrip(".")
+        if (not pattern.startswith(".") and domain == bare) or domain.endswith("." + bare):
+            return not negate
+    return False
+
+
+def fast_flush_fix(domain: str, config_directory: Optional[str]) -> str:
+    where = f" -c {config_directory}" if config_directory else ""
+    return (f"{domain} is not in Postfix's fast_flush_domains, so postqueue -s cannot flush it. "
+            f"Fix: postconf{where} -e 'fast_flush_domains = $relay_domains' && "
+            f"postfix{where} reload")
+
+
+def choose_auto(summaries: Mapping[str, DomainSummary], reports: Mapping[str, PrimaryReport],
+                configured: Mapping[str, Any]) -> List[str]:
+    """Domains ``--auto`` flushes: configured, with held mail, primary up now. Sorted."""
+    return sorted(d for d, s in summaries.items()
+                  if d in configured and s.held_messages > 0
+                  and reports.get(d) is not None and reports[d].state == UP)
+
+
+# ---- the lock ---------------------------------------------------------------------------------
+
+def lock_path(ledger_path: str) -> str:
+    return f"{ledger_path}.flush.lock"
+
+
+@contextmanager
+def flush_lock(path: str, wait: Optional[float], ctx: CommandContext) -> Iterator[bool]:
+    """Hold an flock on path; yields False when wait is None (don't wait) and it is taken."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        deadline = None if wait is None else ctx.clock() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as error:
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if deadline is None or ctx.clock() >= deadline:
+                    yield False
+                    return
+                ctx.sleep(POLL_INTERVAL)
+        yield True
+    finally:
+        os.close(fd)
+
+
+# ---- the operation ----------------------------------------------------------------------------
+
+def snapshot(ctx: CommandContext) -> QueueSnapshot:
+    return QueueSnapshot.from_text(ctx.postfix.queue_json())
+
+
+def check_flushable(ctx: CommandContext, domain: str) -> None:
+    """Refuse early, with the fix, when Postfix would answer 'Flush service is not configured'."""
+    value = ctx.postfix.postconf("fast_flush_domains", expand=True).get("fast_flush_domains", "")
+    if in_fast_flush_domains(value, domain) is False:
+        raise FlushRefused(fast_flush_fix(domain, ctx.postfix.config_directory))
+
+
+def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: float = DEFAULT_WAIT,
+                 trigger: str = "manual", report: Optional[PrimaryReport] = None) -> FlushOutcome:
+    """Flush one relay domain (the caller holds the flush lock). Raises FlushRefused before
+    anything changed; PostfixError, LedgerError, sqlite3.Error if a tool or the ledger fails."""
+    spec = ctx.config.domains.get(domain)
+    if spec is None:
+        raise FlushRefused(f"{domain} is not a relay domain of {ctx.config.path} ([domains])")
+    check_flushable(ctx, domain)
+    if report is None:
+        report = ctx.probe({domain: spec}, ctx.probe_timeout)[domain]
+    if report.state != UP and not force:
+        raise FlushRefused(f"the primary of {domain} ({report.host}) is {report.state}: not "
+                           f"flushing, the mail would only be deferred again. --force flushes "
+                           f"anyway.")
+    ledger = ctx.ledger()
+    held_before = reconcile(ledger, snapshot(ctx), ctx.clock(), domain=domain) \
+        .still_held.get(domain, 0)
+    flush_id = ledger.start_flush(domain, trigger, force, report.state, held_before, ctx.clock())
+    result = ctx.postfix.flush_domain(domain)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
+        if "not configured" in detail.lower():
+            detail = f"{detail}. {fast_flush_fix(domain, ctx.postfix.config_directory)}"
+        ledger.finish_flush(flush_id, 0, held_before, "failed", detail, ctx.clock())
+        return FlushOutcome(domain, flush_id, held_before, 0, held_before, "failed")
+    remaining = wait_until_left(ctx, domain, flush_id, wait)
+    delivered = ledger.count_flushed(flush_id)
+    outcome = "complete" if remaining == 0 else "partial"
+    ledger.finish_flush(flush_id, delivered, remaining, outcome, "", ctx.clock())
+    return FlushOutcome(domain, flush_id, held_before, delivered, remaining, outcome)
+
+
+def wait_until_left(ctx: CommandContext, domain: str, flush_id: int, wait: float) -> int:
+    """Reconcile until the domain holds nothing or wait expires; returns what is still held."""
+    deadline = ctx.clock() + wait
+    while True:
+        now = ctx.clock()
+        still = reconcile(ctx.ledger(), snapshot(ctx), now, flush_id=flush_id, domain=domain)
+        remaining = still.still_held.get(domain, 0)
+        if remaining == 0 or now >= deadline:
+            return remaining
+        ctx.sleep(POLL_INTERVAL)
+
+
+def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
+    """Flush every domain with held mail whose primary is up; exit status."""
+    ledger = ctx.ledger()
+    reconcile(ledger, snapshot(ctx), ctx.clock())
+    summaries = ledger.summaries()
+    candidates = {d: ctx.config.domains[d] for d, s in summaries.items()
+                  if d in ctx.config.domains and s.held_messages > 0}
+    if not candidates:
+        print("nothing held: nothing to flush", file=ctx.out)
+        return EXIT_OK
+    reports = ctx.probe(candidates, ctx.probe_timeout)
+    chosen = choose_auto(summaries, reports, ctx.config.domains)
+    status = EXIT_OK
+    for domain in sorted(candidates):
+        if domain not in chosen:
+            report = reports.get(domain)
+            print(f"{domain}: {summaries[domain].held_messages} held, primary "
+                  f"{report.state if report else 'unknown'}: not flushed", file=ctx.out)
+            continue
+        try:
+            outcome = flush_domain(ctx, domain, wait=wait, trigger="auto", report=reports[domain])
+        except FlushRefused as refusal:
+            ctx.warn(str(refusal))
+            status = EXIT_REFUSED
+            continue
+        print(outcome.describe(), file=ctx.out)
+        if outcome.result == "failed":
+            status = EXIT_REFUSED
+    return status
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+def add_arguments(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "flush", help="hand a domain's held mail to its primary",
+        description="Run postqueue -s for a relay domain whose primary is reachable, then report "
+                    "how many held messages left the queue. --auto does it for every domain "
+                    "with held mail whose primary is up (for a timer).")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("domain", nargs="?", help="relay domain to flush")
+    target.add_argument("--auto", action="store_true",
+                        help="flush every domain with held mail whose primary is up")
+    parser.add_argument("--force", action="store_true",
+                        help="flush even when the primary does not answer our probe")
+    parser.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
+                        help=f"how long to wait for the mail to leave (default {DEFAULT_WAIT:g})")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    ctx = CommandContext.from_config(config)
+    try:
+        return flush_command(ctx, args.domain, args.auto, args.force, max(0.0, args.wait))
+    finally:
+        ctx.close()
+
+
+def flush_command(ctx: CommandContext, domain: Optional[str], auto: bool, force: bool,
+                  wait: float) -> int:
+    try:
+        with flush_lock(lock_path(ctx.config.milter.ledger), None if auto else LOCK_WAIT,
+                        ctx) as locked:
+            if not locked:
+                print("another flush is running: nothing done", file=ctx.out)
+                return EXIT_OK if auto else EXIT_REFUSED
+            if auto:
+                return flush_auto(ctx, wait)
+            assert domain is not None
+            outcome = flush_domain(ctx, domain.lower().rstrip("."), force, wait)
+            print(outcome.describe(), file=ctx.out)
+            return EXIT_OK if outcome.result != "failed" else EXIT_REFUSED
+    except FlushRefused as refusal:
+        ctx.warn(f"flush refused: {refusal}")
+    except (PostfixError, QueueFormatError, LedgerError, sqlite3.Error, OSError) as error:
+        ctx.warn(f"flush failed: {error}")
+    return EXIT_REFUSED

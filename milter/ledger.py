@@ -1,0 +1,354 @@
+"""The ledger: an SQLite file of every relay message accepted, per recipient domain, and flushes.
+
+WAL mode so the command's readers never block the milter's writer; ``synchronous = FULL`` and one
+transaction per message, committed before the milter answers end-of-message, so a record of mail
+Postfix accepted survives kill -9 (and power loss, like Postfix's own fsync'ed queue file). The
+schema is versioned with ``PRAGMA user_version`` and upgraded by the migrations below, in order.
+When a write fails, the record goes to the fallback journal (journal.py) and is replayed on the
+next successful write.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from backupmx.milter.journal import Journal
+from backupmx.milter.recorder import MessageRecord
+
+log = logging.getLogger("backupmx.milter.ledger")
+
+HELD, FLUSHED, LEFT = "held", "flushed", "left"
+STATES = (HELD, FLUSHED, LEFT)
+
+# Each entry upgrades the schema by one version; never edit one that has shipped, append.
+MIGRATIONS: Tuple[str, ...] = (
+    # 1: messages, one row per (message, relay domain), flush events.
+    """
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        queue_id TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        sender TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        client_addr TEXT NOT NULL DEFAULT '',
+        client_name TEXT NOT NULL DEFAULT '',
+        helo TEXT NOT NULL DEFAULT '',
+        UNIQUE (queue_id, received_at)
+    );
+    CREATE TABLE flush_events (
+        id INTEGER PRIMARY KEY,
+        domain TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        forced INTEGER NOT NULL DEFAULT 0,
+        primary_state TEXT NOT NULL DEFAULT 'unknown',
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        held_before INTEGER NOT NULL,
+        delivered INTEGER,
+        remaining INTEGER,
+        result TEXT NOT NULL DEFAULT 'running',
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE message_domains (
+        message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        domain TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'held' CHECK (state IN ('held', 'flushed', 'left')),
+        changed_at REAL,
+        flush_id INTEGER REFERENCES flush_events(id),
+        PRIMARY KEY (message_id, domain)
+    ) WITHOUT ROWID;
+    CREATE INDEX message_domains_state ON message_domains (state, domain);
+    """,
+    # 2: when reconciliation first saw the message in the queue: a row seen there once can be
+    # declared gone as soon as it is missing; one never seen gets a grace period (the milter
+    # records at end-of-message, a moment before Postfix commits the queue file).
+    """
+    ALTER TABLE messages ADD COLUMN seen_in_queue_at REAL;
+    CREATE INDEX flush_events_domain ON flush_events (domain, id);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class LedgerError(Exception):
+    """The ledger cannot be used as asked (newer schema, missing file); worded for the admin."""
+
+
+@dataclass(frozen=True)
+class HeldRow:
+    message_id: int
+    queue_id: str
+    domain: str
+    received_at: float
+    seen_in_queue: bool
+
+
+@dataclass(frozen=True)
+class DomainSummary:
+    domain: str
+    held_messages: int = 0
+    held_bytes: int = 0
+    oldest_received_at: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class FlushEvent:
+    id: int
+    domain: str
+    trigger: str
+    forced: bool
+    primary_state: str
+    started_at: float
+    finished_at: Optional[float]
+    held_before: int
+    delivered: Optional[int]
+    remaining: Optional[int]
+    result: str
+    detail: str
+
+    def to_json(self) -> Dict[str, object]:
+        return dict(self.__dict__)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION, one transaction per step; returns the old version."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise LedgerError(f"ledger schema version {version} is newer than this backupmx "
+                          f"understands ({SCHEMA_VERSION}); upgrade backupmx")
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated while we waited for the write lock.
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= target:
+                conn.execute("ROLLBACK")
+                continue
+            for statement in _statements(MIGRATIONS[target - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return version
+
+
+def _statements(script: str) -> List[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def connect(path: str, busy_timeout: float = 5.0, create: bool = True) -> sqlite3.Connection:
+    """An autocommit connection in WAL mode with the schema migrated."""
+    if not create and not os.path.exists(path):
+        raise LedgerError(f"{path}: no ledger yet (does backupmx-milter run with this ledger?)")
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Ledger:
+    """Thread-safe access to one ledger file, with the journal as fallback for records."""
+
+    def __init__(self, path: str, journal_path: Optional[str] = None,
+                 busy_timeout: float = 5.0, create: bool = True) -> None:
+        self.path = path
+        self.journal = Journal(journal_path or f"{path}.journal")
+        self.busy_timeout = busy_timeout
+        self.create = create
+        self._conn: Optional[sqlite3.Connection] = None
+        self._lock = threading.RLock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.path, self.busy_timeout, self.create)
+        return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # ---- writing records (the milter) ------------------------------------------------------
+
+    def record(self, record: MessageRecord) -> str:
+        """Store a record: "ledger" when committed, "journal" when kept aside, "lost" if neither.
+
+        Never raises: the milter must answer Postfix whatever happens to accounting.
+        """
+        with self._lock:
+            try:
+                replayed = self.write([record])
+                if replayed:
+                    log.warning("ledger %s writable again: %d journaled records replayed",
+                                self.path, replayed)
+                return "ledger"
+            except (sqlite3.Error, OSError, LedgerError) as error:
+                self._drop_connection()
+                reason = error
+            try:
+                self.journal.append(record)
+                log.error("queue id %s: cannot write ledger %s (%s); record kept in journal %s",
+                          record.queue_id, self.path, reason, self.journal.path)
+                return "journal"
+            except OSError as error:
+                log.critical("queue id %s: cannot write ledger %s (%s) nor journal %s (%s); "
+                             "record: %s", record.queue_id, self.path, reason,
+                             self.journal.path, error.strerror or error, record.to_json())
+                return "lost"
+
+    def write(self, records: Sequence[MessageRecord]) -> int:
+        """Commit records, replaying the journal first when it has any; returns how many replayed.
+
+        Raises sqlite3.Error, OSError or LedgerError; nothing is committed then.
+        """
+        with self._lock:
+            conn = self._connection()
+            if not self.journal.pending():
+                self._insert(conn, records)
+                return 0
+            replayed: List[int] = []
+
+            def apply(old: List[MessageRecord]) -> None:
+                self._insert(conn, [*old, *records])
+                replayed.append(len(old))
+
+            self.journal.replay(apply)
+            return replayed[0] if replayed else 0
+
+    def replay_journal(self) -> int:
+        """Move journaled records into the ledger now (the command does this before reading)."""
+        return self.write([]) if self.journal.pending() else 0
+
+    def _insert(self, conn: sqlite3.Connection, records: Iterable[MessageRecord]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for record in records:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO messages (queue_id, received_at, sender, size,"
+                    " client_addr, client_name, helo) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (record.queue_id, record.received_at, record.sender, record.size,
+                     record.client_addr, record.client_name, record.helo))
+                if cursor.rowcount == 0:
+                    continue  # already there: a journal replayed twice
+                conn.executemany(
+                    "INSERT INTO message_domains (message_id, domain, recipients, state,"
+                    " changed_at) VALUES (?, ?, ?, 'held', ?)",
+                    [(cursor.lastrowid, domain, "\n".join(rcpts), record.received_at)
+                     for domain, rcpts in record.recipients.items()])
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _drop_connection(self) -> None:
+        """After a failure start afresh next time (the folder may come back, a lock go away)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error as error:
+                log.debug("closing the ledger after a failure: %s", error)
+            self._conn = None
+
+    # ---- reading and reconciling (the command) ---------------------------------------------
+
+    def held_rows(self, domain: Optional[str] = None) -> List[HeldRow]:
+        query = ("SELECT md.message_id, m.queue_id, md.domain, m.received_at,"
+                 " m.seen_in_queue_at IS NOT NULL FROM message_domains md"
+                 " JOIN messages m ON m.id = md.message_id WHERE md.state = 'held'")
+        args: Tuple[str, ...] = ()
+        if domain is not None:
+            query += " AND md.domain = ?"
+            args = (domain,)
+        with self._lock:
+            rows = self._connection().execute(query, args).fetchall()
+        return [HeldRow(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+
+    def apply_reconciliation(self, gone: Sequence[Tuple[int, str]], seen: Sequence[int],
+                             now: float, flush_id: Optional[int] = None) -> None:
+        """Mark (message, domain) rows as flushed (during a flush) or left, and note sightings."""
+        if not gone and not seen:
+            return
+        state = FLUSHED if flush_id is not None else LEFT
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "UPDATE message_domains SET state = ?, changed_at = ?, flush_id = ?"
+                    " WHERE message_id = ? AND domain = ? AND state = 'held'",
+                    [(state, now, flush_id, message_id, domain) for message_id, domain in gone])
+                conn.executemany(
+                    "UPDATE messages SET seen_in_queue_at = ? WHERE id = ?"
+                    " AND seen_in_queue_at IS NULL", [(now, message_id) for message_id in seen])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def summaries(self) -> Dict[str, DomainSummary]:
+        """Held messages, bytes and oldest arrival per domain (one indexed aggregate query)."""
+        with self._lock:
+            rows = self._connection().execute(
+                "SELECT md.domain, COUNT(*), COALESCE(SUM(m.size), 0), MIN(m.received_at)"
+                " FROM message_domains md JOIN messages m ON m.id = md.message_id"
+                " WHERE md.state = 'held' GROUP BY md.domain").fetchall()
+        return {r[0]: DomainSummary(r[0], r[1], r[2], r[3]) for r in rows}
+
+    def count_flushed(self, flush_id: int) -> int:
+        with self._lock:
+            return self._connection().execute(
+                "SELECT COUNT(*) FROM message_domains WHERE flush_id = ?",
+                (flush_id,)).fetchone()[0]
+
+    # ---- flush events ----------------------------------------------------------------------
+
+    def start_flush(self, domain: str, trigger: str, forced: bool, primary_state: str,
+                    held_before: int, now: float) -> int:
+        with self._lock:
+            cursor = self._connection().execute(
+                "INSERT INTO flush_events (domain, trigger, forced, primary_state, started_at,"
+                " held_before) VALUES (?, ?, ?, ?, ?, ?)",
+                (domain, trigger, int(forced), primary_state, now, held_before))
+            return int(cursor.lastrowid)
+
+    def finish_flush(self, flush_id: int, delivered: int, remaining: int, result: str,
+                     detail: str, now: float) -> None:
+        with self._lock:
+            self._connection().execute(
+                "UPDATE flush_events SET finished_at = ?, delivered = ?, remaining = ?,"
+                " result = ?, detail = ? WHERE id = ?",
+                (now, delivered, remaining, result, detail, flush_id))
+
+    def last_flushes(self) -> Dict[str, FlushEvent]:
+        """The latest flush event of every domain that had one."""
+        with self._lock:
+            rows = self._connection().execute(
+                "SELECT id, domain, trigger, forced, primary_state, started_at, finished_at,"
+                " held_before, delivered, remaining, result, detail FROM flush_events"
+                " WHERE id IN (SELECT MAX(id) FROM flush_events GROUP BY domain)").fetchall()
+        return {r[1]: FlushEvent(r[0], r[1], r[2], bool(r[3]), *r[4:]) for r in rows}
+
+    def flush_event(self, flush_id: int) -> Optional[FlushEvent]:
+        with self._lock:
+            row = self._connection().execute(
+                "SELECT id, domain, trigger, forced, primary_state, started_at, finished_at,"
+                " held_before, delivered, remaining, result, detail FROM flush_events"
+                " WHERE id = ?", (flush_id,)).fetchone()
+        return FlushEvent(row[0], row[1], row[2], bool(row[3]), *row[4:]) if row else None

@@ -1,0 +1,117 @@
+"""``backupmx-milter -c FILE``: the ledger milter's command line and process wiring.
+
+A process of its own: libmilter owns the signals (SIGTERM, SIGINT and SIGHUP stop it) and runs one
+thread per SMTP connection. Privileges are dropped to ``[milter] user`` before anything is
+created, so the ledger, its journal and a unix socket belong to that user.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sqlite3
+import sys
+from typing import List, Optional
+
+from backupmx.policyd import version
+from backupmx.policyd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+
+EXIT_CONFIG = 2
+MILTER_NAME = "backupmx"
+_SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4,
+                    logging.INFO: 6, logging.DEBUG: 7}
+
+log = logging.getLogger("backupmx.milter")
+
+
+class _Formatter(logging.Formatter):
+    """One line per event; journald gets ``<N>`` priorities instead of our timestamps."""
+
+    def __init__(self, journald: bool) -> None:
+        super().__init__("%(message)s" if journald else "%(asctime)s %(levelname)s %(message)s")
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.journald:
+            return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{text}"
+        return text
+
+
+def start_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(bool(os.environ.get("JOURNAL_STREAM"))))
+    root = logging.getLogger("backupmx")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="backupmx-milter",
+        description="Postfix milter of backupmx: records every accepted relay message in the "
+                    "ledger (never changes or rejects mail).")
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG_PATH,
+                        help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"backupmx-milter: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    start_logging()
+    return run(config)
+
+
+def open_ledger(config: Config):  # type: ignore[no-untyped-def]
+    """The ledger, written once now so a problem is logged at start (and the journal replayed)."""
+    from backupmx.milter.ledger import Ledger, LedgerError
+
+    ledger = Ledger(config.milter.ledger, config.milter.journal, busy_timeout=2.0)
+    try:
+        replayed = ledger.write([])
+        if replayed:
+            log.warning("replayed %d journaled records into %s", replayed, ledger.path)
+    except (sqlite3.Error, OSError, LedgerError) as error:
+        log.error("cannot write ledger %s (%s): records go to journal %s until it can be "
+                  "written", ledger.path, error, ledger.journal.path)
+    return ledger
+
+
+def run(config: Config) -> int:
+    """Drop privileges, open the ledger, serve until libmilter is told to stop."""
+    import Milter
+    import milter as libmilter
+
+    from backupmx.milter.app import LedgerMilter
+    from backupmx.policyd.runtime import drop_privileges, remove_stale_socket
+
+    settings = config.milter
+    dropped = drop_privileges(settings.user)
+    ledger = open_ledger(config)
+    LedgerMilter.configure(ledger, config.domains)
+    Milter.factory = LedgerMilter
+    if settings.listen.kind == "unix":
+        remove_stale_socket(settings.listen.path)
+        # libmilter creates the socket with the process umask: make it give the configured mode.
+        os.umask(0o777 & ~settings.listen.mode)
+    log.info("backupmx-milter %s starting on %s: %d relay domains, ledger %s%s", version(),
+             settings.listen, len(config.domains), ledger.path, f", {dropped}" if dropped else "")
+    try:
+        Milter.runmilter(MILTER_NAME, settings.listen.libmilter_socket(), rmsock=False)
+    except libmilter.error as error:
+        log.error("cannot serve on %s: %s", settings.listen, error)
+        return 1
+    finally:
+        ledger.close()
+    log.info("backupmx-milter stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""What the milter remembers of one message, and the ledger record made of it.
+
+Pure code, no pymilter: the milter callbacks only feed an ``Envelope``; ``build_record`` decides
+what goes into the ledger. Only recipients of configured relay domains count (a backup MX holds
+mail for those alone); a message without any is not recorded at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple
+
+
+def clean_text(value: Any) -> str:
+    """Text safe to store: pymilter hands undecodable bytes over as lone surrogates (or bytes)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    text = str(value)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def bare_address(value: Any) -> str:
+    """``<user@Example.TEST>`` -> ``user@Example.TEST`` (the null sender stays empty)."""
+    text = clean_text(value).strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    return text.strip()
+
+
+def address_domain(address: str) -> Optional[str]:
+    """The lower-case domain of an address, without a trailing dot; None if there is no domain."""
+    local, sep, domain = address.rpartition("@")
+    if not sep or not domain:
+        return None
+    return domain.rstrip(".").lower() or None
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """One accepted message as the ledger stores it: one row, plus one row per relay domain."""
+
+    queue_id: str
+    received_at: float
+    sender: str
+    size: int
+    client_addr: str
+    client_name: str
+    helo: str
+    recipients: Mapping[str, Tuple[str, ...]]  # relay domain -> its recipients
+
+    def to_json(self) -> Dict[str, Any]:
+        """The journal's form of the record (plain JSON types)."""
+        return {
+            "queue_id": self.queue_id, "received_at": self.received_at, "sender": self.sender,
+            "size": self.size, "client_addr": self.client_addr,
+            "client_name": self.client_name, "helo": self.helo,
+            "recipients": {d: list(r) for d, r in self.recipients.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "MessageRecord":
+        return cls(
+            queue_id=str(data["queue_id"]), received_at=float(data["received_at"]),
+            sender=str(data["sender"]), size=int(data["size"]),
+            client_addr=str(data["client_addr"]), client_name=str(data["client_name"]),
+            helo=str(data["helo"]),
+            recipients={str(d): tuple(str(r) for r in rcpts)
+                        for d, rcpts in dict(data["recipients"]).items()},
+        )
+
+
+@dataclass
+class Envelope:
+    """What the callbacks collected for the current message of one SMTP session."""
+
+    sender: str = ""
+    recipients: List[str] = field(default_factory=list)
+    size: int = 0
+
+    def add_header(self, name: Any, value: Any) -> None:
+        """Count a header as it travels in the message: ``Name: value`` CRLF, folded lines too
+        (the MTA hands them over with bare LF line breaks, the wire has CRLF)."""
+        self.size += _length(name) + 2 + _wire_length(value) + 2
+
+    def end_of_headers(self) -> None:
+        self.size += 2  # the empty line between header and body
+
+    def add_body(self, chunk: Any) -> None:
+        self.size += _length(chunk)
+
+
+def _wire_length(value: Any) -> int:
+    data = value if isinstance(value, (bytes, bytearray)) else str(value).encode(
+        "utf-8", "surrogateescape")
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def _length(value: Any) -> int:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value)
+    return len(str(value).encode("utf-8", "surrogateescape"))
+
+
+def relay_recipients(recipients: List[str], domains: Collection[str]) -> Dict[str, Tuple[str, ...]]:
+    """Recipients grouped by configured relay domain, first-seen order, duplicates dropped."""
+    grouped: Dict[str, List[str]] = {}
+    for recipient in recipients:
+        domain = address_domain(recipient)
+        if domain is None or domain not in domains:
+            continue
+        rcpts = grouped.setdefault(domain, [])
+        if recipient not in rcpts:
+            rcpts.append(recipient)
+    return {domain: tuple(rcpts) for domain, rcpts in grouped.items()}
+
+
+def build_record(
+    queue_id: Optional[str],
+    envelope: Envelope,
+    domains: Collection[str],
+    received_at: float,
+    client_addr: str = "",
+    client_name: str = "",
+    helo: str = "",
+) -> Optional[MessageRecord]:
+    """The ledger record for a message, or None when no recipient is in a relay domain."""
+    grouped = relay_recipients(envelope.recipients, domains)
+    if not grouped:
+        return None
+    return MessageRecord(
+        queue_id=clean_text(queue_id or "").strip(),
+        received_at=received_at,
+        sender=envelope.sender,
+        size=envelope.size,
+        client_addr=clean_text(client_addr),
+        client_name=clean_text(client_name),
+        helo=clean_text(helo),
+        recipients=grouped,
+    )

@@ -1,0 +1,177 @@
+"""``backupmx status [--json]``: what the backup MX holds for whom, and for how long it can.
+
+One row per relay domain: its primary probed now, held messages and bytes (a message for two
+relay domains counts for each), the oldest held message and how long until Postfix's
+``maximal_queue_lifetime`` bounces it, and the last flush. The ledger is reconciled with the live
+queue first, with the same function flush uses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sqlite3
+from typing import Any, Dict, List, Mapping, Optional
+
+from backupmx.milter.context import CommandContext
+from backupmx.milter.ledger import DomainSummary, FlushEvent, LedgerError
+from backupmx.milter.probe import PrimaryReport, not_probed
+from backupmx.milter.queue import QueueFormatError, QueueSnapshot, reconcile
+from backupmx.policyd.config import Config
+from backupmx.policyd.postfix import PostfixError
+
+TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_postfix_time(text: str, default_unit: str = "d") -> int:
+    """Seconds in a Postfix time value (``5d``, ``12h``, ``3600s``, ``1w``; a bare number takes
+    the parameter's default unit, days for maximal_queue_lifetime). ValueError if malformed."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", text.lower())
+    if not match:
+        raise ValueError(f"{text!r} is not a Postfix time value")
+    return int(match.group(1)) * TIME_UNITS[match.group(2) or default_unit]
+
+
+def domain_status(domain: str, summary: Optional[DomainSummary], report: Optional[PrimaryReport],
+                  last_flush: Optional[FlushEvent], lifetime: Optional[int], now: float,
+                  configured: bool = True) -> Dict[str, Any]:
+    """One domain's row in the shape of the JSON output (pure)."""
+    held = summary.held_messages if summary else 0
+    oldest_at = summary.oldest_received_at if summary and held else None
+    oldest = None if oldest_at is None else max(0, int(now - oldest_at))
+    bounces_in = None
+    if oldest is not None and lifetime is not None:
+        bounces_in = max(0, lifetime - oldest)
+    return {
+        "domain": domain,
+        "primary": report.state if report else "unknown",
+        "primary_host": report.host if report else "",
+        "configured": configured,
+        "held_messages": held,
+        "held_bytes": summary.held_bytes if summary and held else 0,
+        "oldest_held_seconds": oldest,
+        "bounces_in_seconds": bounces_in,
+        "last_flush": last_flush.to_json() if last_flush else None,
+    }
+
+
+def build_status(domains: List[str], summaries: Mapping[str, DomainSummary],
+                 reports: Mapping[str, PrimaryReport], flushes: Mapping[str, FlushEvent],
+                 lifetime: Optional[int], now: float,
+                 warnings: Optional[List[str]] = None) -> Dict[str, Any]:
+    """The whole status document: configured domains first (sorted), then domains that still have
+    held mail in the ledger but are no longer configured."""
+    rows = [domain_status(d, summaries.get(d), reports.get(d), flushes.get(d), lifetime, now)
+            for d in sorted(domains)]
+    for gone in sorted(set(summaries) - set(domains)):
+        rows.append(domain_status(gone, summaries[gone], None, flushes.get(gone), lifetime, now,
+                                  configured=False))
+    return {"domains": rows, "generated_at": now,
+            "maximal_queue_lifetime_seconds": lifetime, "warnings": list(warnings or [])}
+
+
+def _duration(seconds: Optional[float]) -> str:
+    """3d04h, 2h05m, 7m03s, 42s; "-" when there is nothing to measure."""
+    if seconds is None:
+        return "-"
+    total = int(seconds)
+    if total >= 86400:
+        return f"{total // 86400}d{(total % 86400) // 3600:02d}h"
+    if total >= 3600:
+        return f"{total // 3600}h{(total % 3600) // 60:02d}m"
+    if total >= 60:
+        return f"{total // 60}m{total % 60:02d}s"
+    return f"{total}s"
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"
+
+
+def _flush_text(flush: Optional[Dict[str, Any]], now: float) -> str:
+    if not flush:
+        return "never"
+    age = _duration(now - flush["started_at"])
+    if flush["result"] == "running":
+        return f"running since {age}"
+    return (f"{age} ago, {flush['trigger']}: {flush['result']}, "
+            f"{flush['delivered']} left, {flush['remaining']} remain")
+
+
+def render_table(status: Mapping[str, Any]) -> str:
+    """The status for people: aligned columns, durations like 2d03h or 5m07s."""
+    now = status["generated_at"]
+    header = ("DOMAIN", "PRIMARY", "HELD", "BYTES", "OLDEST", "BOUNCES IN", "LAST FLUSH")
+    lines = [header]
+    for row in status["domains"]:
+        name = row["domain"] if row["configured"] else f"{row['domain']} (not configured)"
+        lines.append((name, row["primary"], str(row["held_messages"]), _size(row["held_bytes"]),
+                      _duration(row["oldest_held_seconds"]), _duration(row["bounces_in_seconds"]),
+                      _flush_text(row["last_flush"], now)))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    text = "\n".join("  ".join([*(c.ljust(w) for c, w in zip(line, widths)), line[-1]]).rstrip()
+                     for line in lines)
+    notes = "".join(f"\nwarning: {w}" for w in status.get("warnings", []))
+    return text + notes + "\n"
+
+
+def collect_status(ctx: CommandContext, probe: bool = True) -> Dict[str, Any]:
+    """Reconcile, read the ledger, ask Postfix and probe the primaries; problems become warnings
+    in the document (status is what an admin runs when things are broken)."""
+    warnings: List[str] = []
+    now = ctx.clock()
+    summaries: Dict[str, DomainSummary] = {}
+    flushes: Dict[str, FlushEvent] = {}
+    try:
+        ledger = ctx.ledger()
+        try:
+            snapshot = QueueSnapshot.from_text(ctx.postfix.queue_json())
+            reconcile(ledger, snapshot, now)
+        except (PostfixError, QueueFormatError) as error:
+            warnings.append(f"counts not reconciled with the queue: {error}")
+        summaries = ledger.summaries()
+        flushes = ledger.last_flushes()
+    except (LedgerError, sqlite3.Error, OSError) as error:
+        warnings.append(f"ledger {ctx.config.milter.ledger}: {error}")
+    lifetime: Optional[int] = None
+    try:
+        lifetime = parse_postfix_time(ctx.postfix.parameter("maximal_queue_lifetime"))
+    except (PostfixError, KeyError, ValueError) as error:
+        warnings.append(f"maximal_queue_lifetime unknown: {error}")
+    prober = ctx.probe if probe else not_probed
+    reports = prober(ctx.config.domains, ctx.probe_timeout)
+    return build_status(list(ctx.config.domains), summaries, reports, flushes, lifetime, now,
+                        warnings)
+
+
+def add_arguments(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "status", help="what is held for each relay domain",
+        description="Per relay domain: primary state (probed now), held messages and bytes, "
+                    "oldest held message, time until Postfix bounces it, last flush.")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="do not probe the primaries (reported as unknown)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    ctx = CommandContext.from_config(config)
+    try:
+        return show_status(ctx, as_json=args.json, probe=not args.no_probe)
+    finally:
+        ctx.close()
+
+
+def show_status(ctx: CommandContext, as_json: bool = False, probe: bool = True) -> int:
+    status = collect_status(ctx, probe)
+    if as_json:
+        ctx.out.write(json.dumps(status, indent=2, sort_keys=False) + "\n")
+    else:
+        ctx.out.write(render_table(status))
+    return 0

@@ -46,6 +46,8 @@ class PolicydConfig:
     primary_up_action: str
     probe_interval: float
     probe_timeout: float
+    primary_up_after: int
+    primary_down_after: int
     recipient_delimiter: Optional[str]  # None: ask Postfix (postconf recipient_delimiter)
     log_accepts: bool
     map_check_interval: float
@@ -164,6 +166,9 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
         "primary_up_action": (_choice(*PRIMARY_UP_ACTIONS), "defer"),
         "probe_interval": (_positive_seconds, "30"),
         "probe_timeout": (_positive_seconds, "5"),
+        # hysteresis: consecutive probes that must agree before the reported state changes
+        "primary_up_after": (_positive_int, "2"),
+        "primary_down_after": (_positive_int, "1"),
         "recipient_delimiter": (_delimiter, ""),
         "log_accepts": (_boolean, "no"),
         "map_check_interval": (_positive_seconds, "5"),

@@ -56,7 +56,8 @@ def run(config, maps) -> int:  # type: ignore[no-untyped-def]
     runtime.start_logging()
     settings = config.policyd
     prober = PrimaryProber(reactor, config.domains, settings.probe_interval,
-                           settings.probe_timeout)
+                           settings.probe_timeout, up_after=settings.primary_up_after,
+                           down_after=settings.primary_down_after)
     service = PolicyService(reactor, config, maps, prober)
     factory = PolicyFactory(service.respond, settings.idle_timeout, settings.max_line_length,
                             settings.max_attributes)

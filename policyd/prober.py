@@ -7,7 +7,8 @@ which the decision treats like "down" (accept).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from collections import deque
+from typing import Any, Deque, Dict, Mapping, Optional, Sequence
 
 from cachetools import TTLCache
 from twisted.internet import defer
@@ -81,6 +82,25 @@ def lowest_mx(answers: Any) -> str:
     return str(best.name).rstrip(".")
 
 
+def reported_state(previous: Optional[bool], recent: Sequence[bool], up_after: int,
+                   down_after: int) -> Optional[bool]:
+    """The state to report from the latest probe results (oldest first): hysteresis.
+
+    The first result is taken at once (nothing is known before it). After that, the reported
+    state changes only when the last ``up_after`` (or ``down_after``) results all agree on the
+    other state, so a flapping primary does not flip every decision back and forth.
+    """
+    if not recent:
+        return previous
+    if previous is None:
+        return recent[-1]
+    needed = down_after if previous else up_after
+    tail = list(recent)[-needed:]
+    if len(tail) == needed and all(result != previous for result in tail):
+        return not previous
+    return previous
+
+
 class PrimaryProber:
     """Probes every domain's primary on a timer; ``states`` is what the decision reads."""
 
@@ -93,8 +113,16 @@ class PrimaryProber:
         interval: float,
         timeout: float,
         resolver: Any = None,
+        up_after: int = 1,
+        down_after: int = 1,
     ) -> None:
         self.reactor = reactor
+        self.up_after = up_after
+        self.down_after = down_after
+        # Per domain: recent raw probe results, the reported state and when it last changed.
+        self._recent: Dict[str, Deque[bool]] = {}
+        self.reported: Dict[str, bool] = {}
+        self.changed_at: Dict[str, float] = {}
         self.domains: Dict[str, PrimarySpec] = dict(domains)
         self.interval = interval
         self.timeout = timeout
@@ -119,9 +147,15 @@ class PrimaryProber:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
 
-    def update(self, domains: Mapping[str, PrimarySpec], interval: float, timeout: float) -> None:
+    def update(self, domains: Mapping[str, PrimarySpec], interval: float, timeout: float,
+               up_after: Optional[int] = None, down_after: Optional[int] = None) -> None:
         """Adopt a reloaded configuration; forget domains no longer configured."""
         self.domains = dict(domains)
+        self.up_after = up_after or self.up_after
+        self.down_after = down_after or self.down_after
+        for table in (self._recent, self.reported, self.changed_at):
+            for gone in [d for d in table if d not in self.domains]:
+                del table[gone]
         self.timeout = timeout
         self.max_age = interval * 2 + timeout
         # A new cache: TTLCache's ttl and maxsize are fixed, and both depend on the settings.
@@ -179,8 +213,22 @@ class PrimaryProber:
     def _record(self, domain: str, host: str, up: bool) -> None:
         if domain not in self.domains:
             return
-        previous = self.states.get(domain)
-        self.states[domain] = PrimaryState(up=up, host=host, checked_at=self.reactor.seconds())
-        if previous is None or previous.up != up:
+        recent = self._recent.get(domain)
+        if recent is None:
+            recent = self._recent[domain] = deque(maxlen=max(self.up_after, self.down_after))
+        elif recent.maxlen != max(self.up_after, self.down_after):
+            recent = self._recent[domain] = deque(recent, max(self.up_after, self.down_after))
+        recent.append(up)
+        previous = self.reported.get(domain)
+        state = reported_state(previous, recent, self.up_after, self.down_after)
+        now = self.reactor.seconds()
+        self.states[domain] = PrimaryState(up=bool(state), host=host, checked_at=now)
+        if state != previous:
+            self.reported[domain] = bool(state)
+            self.changed_at[domain] = now
             self.log.info("primary of {domain} ({host}) is {state}", domain=domain, host=host,
-                          state="up" if up else "down")
+                          state="up" if state else "down")
+        elif up != state:
+            self.log.debug("primary of {domain} ({host}) probed {raw}, still reported {state}",
+                           domain=domain, host=host, raw="up" if up else "down",
+                           state="up" if state else "down")

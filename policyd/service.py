@@ -134,7 +134,8 @@ class PolicyService:
             self.log.warn("listen address changed to {new}: restart policyd to use it",
                           new=str(config.policyd.listen))
         self.prober.update(config.domains, config.policyd.probe_interval,
-                           config.policyd.probe_timeout)
+                           config.policyd.probe_timeout, config.policyd.primary_up_after,
+                           config.policyd.primary_down_after)
         self._install(config, maps)
         self._failed_signature = None
         self.log.info("reloaded {path}: {domains} domains, {count} recipient keys",

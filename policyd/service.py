@@ -34,6 +34,15 @@ def build_snapshot(config: Config, maps: LoadedMaps, state_max_age: float) -> Po
     )
 
 
+def lost_domains(old: Any, new: Any, domains: Any) -> List[str]:
+    """Configured domains the old recipient map covered and the new one says nothing about.
+
+    A map file caught half-written or truncated to nothing would otherwise switch those domains
+    to "no map: accept every recipient" without a word.
+    """
+    return sorted(d for d in domains if old.covers(d) and not new.covers(d))
+
+
 def describe(request: Request, decision: Decision) -> str:
     """One greppable log line: Postfix's queue id and instance first."""
     get = request.get
@@ -65,6 +74,8 @@ class PolicyService:
         self._reload_again = False
         self._map_check: Optional[LoopingCall] = None
         self._failed_signature: Optional[Tuple[Any, ...]] = None
+        # (succeeded, when) of the last reload attempt, for metrics; start counts as one.
+        self.last_reload: Tuple[bool, float] = (True, reactor.seconds())
         self._install(config, maps)
 
     # ---- request path ----------------------------------------------------------------------
@@ -133,16 +144,23 @@ class PolicyService:
         if config.policyd.listen != self.config.policyd.listen:
             self.log.warn("listen address changed to {new}: restart policyd to use it",
                           new=str(config.policyd.listen))
+        lost = lost_domains(self.maps.recipients, maps.recipients, config.domains)
+        if lost:
+            self.log.warn("reload: no recipient map lists {lost} any more: every recipient of "
+                          "it is accepted from now on", lost=", ".join(lost))
         self.prober.update(config.domains, config.policyd.probe_interval,
-                           config.policyd.probe_timeout, config.policyd.primary_up_after,
-                           config.policyd.primary_down_after)
+                           config.policyd.probe_timeout,
+                           up_after=config.policyd.primary_up_after,
+                           down_after=config.policyd.primary_down_after)
         self._install(config, maps)
         self._failed_signature = None
+        self.last_reload = (True, self.reactor.seconds())
         self.log.info("reloaded {path}: {domains} domains, {count} recipient keys",
                       path=config.path, domains=len(config.domains), count=len(maps.recipients))
 
     def _reload_failed(self, failure: Any) -> None:
         failure.trap(ConfigError, MapError)
+        self.last_reload = (False, self.reactor.seconds())
         self.log.error("reload failed, keeping the running configuration: {why}",
                        why=failure.getErrorMessage())
 
@@ -182,13 +200,23 @@ class PolicyService:
     def _apply_maps(self, config: Config, maps: LoadedMaps) -> None:
         if config is not self.config:
             return  # a full reload won the race; its maps are newer
+        lost = lost_domains(self.maps.recipients, maps.recipients, config.domains)
+        if lost:
+            self._failed_signature = maps.signature
+            self.last_reload = (False, self.reactor.seconds())
+            self.log.error("recipient maps changed but no longer list any recipient of {lost} "
+                           "(file truncated or half written?): keeping the last good maps; "
+                           "send SIGHUP to accept the change", lost=", ".join(lost))
+            return
         self._install(config, maps)
         self._failed_signature = None
+        self.last_reload = (True, self.reactor.seconds())
         self.log.info("recipient maps reloaded: {count} keys from {sources}",
                       count=len(maps.recipients), sources=", ".join(maps.recipients.sources))
 
     def _maps_failed(self, failure: Any, signature: Tuple[Any, ...]) -> None:
         failure.trap(MapError)
         self._failed_signature = signature
+        self.last_reload = (False, self.reactor.seconds())
         self.log.error("map reload failed, keeping the last good maps: {why}",
                        why=failure.getErrorMessage())

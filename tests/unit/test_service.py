@@ -30,7 +30,8 @@ class FakeProber:
     def stop(self) -> None:
         self.running = False
 
-    def update(self, domains: Any, interval: float, timeout: float) -> None:
+    def update(self, domains: Any, interval: float, timeout: float, up_after: Any = None,
+               down_after: Any = None) -> None:
         self.updates.append((dict(domains), interval, timeout))
         self.max_age = interval * 2 + timeout
 

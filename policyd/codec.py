@@ -31,8 +31,11 @@ class RequestDecoder:
     def __init__(self, max_line_length: int = 8192, max_attributes: int = 200) -> None:
         self.max_line_length = max_line_length
         self.max_attributes = max_attributes
-        self._max_request = max_line_length * max_attributes
+        # the longest unfinished request that can still be valid: every line full, its LF, the
+        # CR of a CRLF blank line
+        self._max_request = (max_line_length + 1) * max_attributes + 1
         self._buffer = b""
+        self._checked = 0  # complete lines before this offset of _buffer are within the limit
 
     @property
     def pending(self) -> bool:
@@ -60,6 +63,7 @@ class RequestDecoder:
                 requests.append(self._decode(buffer[start:end]))
                 start = end + skip
             self._buffer = buffer[start:]
+            self._checked = max(0, self._checked - start)
             self._check_partial()
         except ProtocolError as error:
             error.requests = requests
@@ -67,13 +71,22 @@ class RequestDecoder:
         return requests
 
     def _check_partial(self) -> None:
+        """Limits on an unfinished request: its size, its last line, and every line completed
+        since the last check (each line is looked at once, so a slow sender costs no more)."""
         rest = self._buffer
         if not rest:
+            self._checked = 0
             return
         if len(rest) > self._max_request:
             raise ProtocolError(f"request longer than {self._max_request} bytes")
-        last_line = len(rest) - rest.rfind(b"\n") - 1
-        if last_line > self.max_line_length:
+        last_start = rest.rfind(b"\n") + 1
+        if last_start - self._checked > self.max_line_length and any(
+            len(line) > self.max_line_length
+            for line in rest[self._checked:last_start - 1].split(b"\n")
+        ):
+            raise ProtocolError(f"line longer than {self.max_line_length} bytes")
+        self._checked = last_start
+        if len(rest) - last_start > self.max_line_length:
             raise ProtocolError(f"line longer than {self.max_line_length} bytes")
 
     def _decode(self, block: bytes) -> Request:

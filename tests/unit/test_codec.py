@@ -72,3 +72,46 @@ def test_many_requests_keep_their_order() -> None:
 ])
 def test_encode_reply(action: str, wire: bytes) -> None:
     assert encode_reply(action) == wire
+
+
+# ---- properties: the split of the stream never changes the outcome ---------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_names = st.text(st.characters(blacklist_characters="=\n\r", blacklist_categories=("Cs",)),
+                 min_size=1, max_size=12)
+_values = st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)),
+                  max_size=30)
+_requests = st.lists(st.dictionaries(_names, _values, min_size=1, max_size=6), max_size=6)
+
+
+def _decode_in_pieces(stream: bytes, cuts: "list[int]", max_line: int = 8192,
+                      max_attributes: int = 200) -> "tuple[list, bool]":
+    decoder = RequestDecoder(max_line, max_attributes)
+    got: "list[dict]" = []
+    edges = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
+    for start, end in zip(edges, edges[1:]):
+        try:
+            got.extend(decoder.feed(stream[start:end]))
+        except ProtocolError as error:
+            return got + list(error.requests), True
+    return got, False
+
+
+@settings(max_examples=300, deadline=None)
+@given(_requests, st.lists(st.integers(min_value=0), max_size=8))
+def test_any_split_of_valid_requests_decodes_them_all(requests: "list[dict]",
+                                                      cuts: "list[int]") -> None:
+    stream = b"".join(
+        b"".join(f"{k}={v}\n".encode() for k, v in r.items()) + b"\n" for r in requests)
+    assert _decode_in_pieces(stream, cuts) == (requests, False)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"ab", b"=", b"\n", b"\n", b"\r", b"\xc3\xa9", b"\xff", b"x"]),
+                max_size=80).map(b"".join)
+       | st.binary(max_size=120).map(lambda b: b.replace(b"\x00", b"\n")),
+       st.lists(st.integers(min_value=0), max_size=8))
+def test_any_split_of_any_bytes_gives_the_same_outcome(stream: bytes, cuts: "list[int]") -> None:
+    whole = _decode_in_pieces(stream, [], max_line=16, max_attributes=3)
+    assert _decode_in_pieces(stream, cuts, max_line=16, max_attributes=3) == whole

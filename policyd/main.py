@@ -63,15 +63,19 @@ def run(config, maps) -> int:  # type: ignore[no-untyped-def]
                             settings.max_attributes)
     try:
         port = runtime.listen(reactor, settings.listen, factory)
+        metrics_port = _serve_metrics(reactor, settings.metrics, service, factory)
     except CannotListenError as error:
-        print(f"backupmx-policyd: cannot listen on {settings.listen}: {error.socketError}",
-              file=sys.stderr)
+        print(f"backupmx-policyd: cannot listen on {error.interface or ''}:{error.port}: "
+              f"{error.socketError}", file=sys.stderr)
         return 1
     dropped = runtime.drop_privileges(settings.user)
     log.info("backupmx-policyd {version} listening on {address}: {domains} domains, "
              "{count} recipient keys{dropped}", version=version(),
              address=runtime.bound_address(port, settings.listen), domains=len(config.domains),
              count=len(maps.recipients), dropped=f", {dropped}" if dropped else "")
+    if metrics_port is not None:
+        log.info("Prometheus metrics on {address}",
+                 address=runtime.bound_address(metrics_port, settings.metrics))
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload))
     reactor.callWhenRunning(service.start)
     reactor.callWhenRunning(runtime.notify, "READY=1")
@@ -79,6 +83,16 @@ def run(config, maps) -> int:  # type: ignore[no-untyped-def]
     reactor.addSystemEventTrigger("before", "shutdown", runtime.notify, "STOPPING=1")
     reactor.run()
     return 0
+
+
+def _serve_metrics(reactor, address, service, factory):  # type: ignore[no-untyped-def]
+    """Serve Prometheus metrics when ``[policyd] metrics`` is set; the listening port or None."""
+    if address is None:
+        return None
+    from backupmx.policyd.metrics import PolicydMetrics, reactor_caller, serve
+    metrics = PolicydMetrics()
+    metrics.attach(service, factory, reactor_caller(reactor))
+    return serve(reactor, address, metrics)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,177 @@
+"""Prometheus metrics of policyd: what it decided, what it knows, how fast it answers.
+
+The request path only bumps plain counters (one dict update per decision, one bisect per latency
+sample): prometheus_client's own Counter and Histogram take a lock per call, which the policy
+benchmark would notice. A custom collector turns those counters, and the service's state read at
+scrape time, into metric families. ``MetricsResource`` serves them from a worker thread, so the
+collector copies the reactor-owned state on the reactor thread first.
+
+Label values are bounded: ``domain`` is a configured relay domain or ``-`` (a request for any
+other domain must not create a time series).
+"""
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+
+from backupmx.policyd.codec import Request
+from backupmx.policyd.decision import Decision
+
+# Seconds; policyd answers in tens of microseconds, Postfix gives up after its timeout.
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
+NO_DOMAIN = "-"
+_NOT_OURS = frozenset(("not_ours", "other_state"))
+
+
+class DecisionCounts:
+    """The hot-path half: decisions per (domain, outcome) and a latency histogram, as plain data."""
+
+    def __init__(self, buckets: Tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.decisions: Dict[Tuple[str, str], int] = {}
+        self.buckets = buckets
+        self.latency_counts: List[int] = [0] * (len(buckets) + 1)  # last: above every bucket
+        self.latency_sum = 0.0
+
+    def observe(self, request: Request, decision: Decision) -> None:
+        """A PolicyService observer: count one decision."""
+        outcome = decision.outcome
+        # Every outcome but these two is only reached for a configured domain.
+        key = (NO_DOMAIN if outcome in _NOT_OURS else decision.domain or NO_DOMAIN, outcome)
+        decisions = self.decisions
+        decisions[key] = decisions.get(key, 0) + 1
+
+    def timed(self, respond: Callable[[Request], str],
+              clock: Callable[[], float] = time.perf_counter) -> Callable[[Request], str]:
+        """Wrap a responder so each call's duration lands in the latency histogram."""
+        counts, buckets = self.latency_counts, self.buckets
+
+        def respond_timed(request: Request) -> str:
+            started = clock()
+            action = respond(request)
+            elapsed = clock() - started
+            counts[bisect_left(buckets, elapsed)] += 1
+            self.latency_sum += elapsed
+            return action
+        return respond_timed
+
+
+def _state_of(service: Any, factory: Any, counts: DecisionCounts, now: float) -> Dict[str, Any]:
+    """Copy everything a scrape reports (runs on the reactor thread)."""
+    prober = service.prober
+    states = {}
+    for domain in service.config.domains:
+        state = prober.states.get(domain)
+        fresh = state is not None and now - state.checked_at <= service.snapshot.state_max_age
+        states[domain] = ("up" if state.up else "down") if fresh else "unknown"
+    return {
+        "decisions": dict(counts.decisions),
+        "latency": (list(counts.latency_counts), counts.latency_sum),
+        "connections": factory.connections if factory is not None else 0,
+        "states": states,
+        "changed_at": dict(getattr(prober, "changed_at", {})),
+        "map_keys": len(service.maps.recipients),
+        "last_reload": service.last_reload,
+    }
+
+
+class PolicydCollector:
+    """Builds the metric families at scrape time."""
+
+    def __init__(self, service: Any, factory: Any, counts: DecisionCounts,
+                 call_in_reactor: Optional[Callable[..., Any]] = None) -> None:
+        self.service = service
+        self.factory = factory
+        self.counts = counts
+        self.call_in_reactor = call_in_reactor or (lambda f, *a: f(*a))
+
+    def collect(self) -> Iterator[Any]:
+        now = self.service.reactor.seconds()
+        data = self.call_in_reactor(_state_of, self.service, self.factory, self.counts, now)
+        decisions = CounterMetricFamily("backupmx_policy_decisions",
+                                        "Policy decisions by relay domain and outcome",
+                                        labels=["domain", "outcome"])
+        for (domain, outcome), value in sorted(data["decisions"].items()):
+            decisions.add_metric([domain, outcome], value)
+        yield decisions
+        counts, total = data["latency"]
+        cumulative, buckets = 0, []
+        for bound, count in zip(self.counts.buckets, counts):
+            cumulative += count
+            buckets.append((repr(bound), cumulative))
+        buckets.append(("+Inf", cumulative + counts[-1]))
+        yield HistogramMetricFamily("backupmx_policy_request_seconds",
+                                    "Time to answer one policy request", buckets=buckets,
+                                    sum_value=total)
+        yield GaugeMetricFamily("backupmx_policy_connections",
+                                "Policy connections open (Postfix smtpd processes)",
+                                value=data["connections"])
+        up = GaugeMetricFamily("backupmx_primary_up", "1 when the domain's primary MX is "
+                               "reported up (mail deferred to it), else 0", labels=["domain"])
+        state = GaugeMetricFamily("backupmx_primary_state", "Reported primary MX state, one "
+                                  "series per state, 1 for the current one",
+                                  labels=["domain", "state"])
+        changed = GaugeMetricFamily("backupmx_primary_last_change_timestamp_seconds",
+                                    "When the reported primary state last changed",
+                                    labels=["domain"])
+        for domain, current in sorted(data["states"].items()):
+            up.add_metric([domain], 1.0 if current == "up" else 0.0)
+            for name in ("up", "down", "unknown"):
+                state.add_metric([domain, name], 1.0 if current == name else 0.0)
+            if domain in data["changed_at"]:
+                changed.add_metric([domain], data["changed_at"][domain])
+        yield from (up, state, changed)
+        yield GaugeMetricFamily("backupmx_recipient_map_keys",
+                                "Recipient keys in the map in use", value=data["map_keys"])
+        succeeded, when = data["last_reload"]
+        yield GaugeMetricFamily("backupmx_reload_success",
+                                "1 if the last configuration or map reload succeeded",
+                                value=1.0 if succeeded else 0.0)
+        yield GaugeMetricFamily("backupmx_reload_timestamp_seconds",
+                                "When the last reload was attempted", value=when)
+
+
+class PolicydMetrics:
+    """The registry plus the hot-path counts; ``attach`` hooks them to a running service."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.counts = DecisionCounts()
+
+    def attach(self, service: Any, factory: Any,
+               call_in_reactor: Optional[Callable[..., Any]] = None) -> None:
+        """Count the service's decisions and time the factory's responder."""
+        service.observers.append(self.counts.observe)
+        factory.respond = self.counts.timed(factory.respond)
+        self.registry.register(PolicydCollector(service, factory, self.counts, call_in_reactor))
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+        return generate_latest(self.registry)
+
+
+def serve(reactor: Any, address: Any, metrics: PolicydMetrics) -> Any:
+    """Listen for Prometheus scrapes on address with Twisted's web server."""
+    from prometheus_client.twisted import MetricsResource
+    from twisted.web.server import Site
+
+    from backupmx.policyd.runtime import listen
+    site = Site(MetricsResource(metrics.registry))
+    site.noisy = False
+    site.log = lambda request: None  # type: ignore[assignment]  # no access log per scrape
+    return listen(reactor, address, site)
+
+
+def reactor_caller(reactor: Any) -> Callable[..., Any]:
+    """Run a function on the reactor thread, from a scrape's worker thread, and wait for it."""
+    from twisted.internet.threads import blockingCallFromThread
+    from twisted.python.threadable import isInIOThread
+
+    def call(function: Callable[..., Any], *args: Any) -> Any:
+        if isInIOThread():
+            return function(*args)
+        return blockingCallFromThread(reactor, function, *args)
+    return call

@@ -1,0 +1,66 @@
+"""policyd's Prometheus metrics: what the collector reports for a service's decisions and state."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Tuple
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from backupmx.policyd.decision import PrimaryState
+from backupmx.policyd.metrics import PolicydMetrics
+from backupmx.policyd.protocol import PolicyFactory
+from tests.unit.test_service import Setup, make_service, rcpt, rewrite
+
+Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
+
+
+def scrape(metrics: PolicydMetrics) -> Samples:
+    text = metrics.text().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_decisions_latency_primary_state_map_and_connections(tmp_path: Path) -> None:
+    setup = Setup(tmp_path)
+    service, prober, clock = make_service(setup)
+    prober.changed_at = {"example.test": 1000.0}
+    factory = PolicyFactory(service.respond)
+    metrics = PolicydMetrics()
+    metrics.attach(service, factory)
+    for recipient in ("alice@example.test", "bob@example.test", "bob@example.test",
+                      "x@elsewhere.test", "y@random-1.test"):
+        factory.respond(rcpt(recipient))
+    prober.states["example.test"] = PrimaryState(True, "127.0.0.1", clock.seconds())
+    factory.respond(rcpt("alice@example.test"))
+    factory.connections = 3
+    samples = scrape(metrics)
+
+    def decisions(domain: str, outcome: str) -> float:
+        return samples[("backupmx_policy_decisions_total",
+                        (("domain", domain), ("outcome", outcome)))]
+
+    assert decisions("example.test", "primary_unknown") == 1
+    assert decisions("example.test", "unknown_user") == 2
+    assert decisions("example.test", "primary_up_defer") == 1
+    assert decisions("-", "not_ours") == 2  # other domains share one series
+    assert not any(("domain", "elsewhere.test") in labels for _, labels in samples)
+    assert samples[("backupmx_policy_request_seconds_count", ())] == 6
+    assert samples[("backupmx_policy_request_seconds_bucket", (("le", "+Inf"),))] == 6
+    assert 0 < samples[("backupmx_policy_request_seconds_sum", ())] < 1
+    assert samples[("backupmx_policy_connections", ())] == 3
+    assert samples[("backupmx_primary_up", (("domain", "example.test"),))] == 1
+    assert samples[("backupmx_primary_state", (("domain", "example.test"), ("state", "up")))] == 1
+    assert samples[("backupmx_primary_last_change_timestamp_seconds",
+                    (("domain", "example.test"),))] == 1000.0
+    assert samples[("backupmx_recipient_map_keys", ())] == 1
+    assert samples[("backupmx_reload_success", ())] == 1
+
+    clock.advance(prober.max_age + 1)  # the probe result is too old: unknown
+    rewrite(setup.recipients, "broken line\n")
+    service.check_maps()
+    samples = scrape(metrics)
+    assert samples[("backupmx_primary_up", (("domain", "example.test"),))] == 0
+    assert samples[("backupmx_primary_state",
+                    (("domain", "example.test"), ("state", "unknown")))] == 1
+    assert samples[("backupmx_reload_success", ())] == 0
+    assert samples[("backupmx_reload_timestamp_seconds", ())] == clock.seconds()

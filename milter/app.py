@@ -94,18 +94,19 @@ class LedgerMilter(Milter.Base):
         envelope, self.envelope = self.envelope, None
         if envelope is None:
             return Milter.CONTINUE
+        queue_id: Optional[str] = None
         try:
-            self._record(envelope)
+            queue_id = self._queue_id()
+            self._record(queue_id, envelope)
         except Exception:  # accounting must never stop mail: log with the traceback, go on
-            log.exception("cannot record a message (queue id %s)", self._queue_id())
+            log.exception("cannot record a message (queue id %s)", queue_id)
         return Milter.CONTINUE
 
     def _queue_id(self) -> Optional[str]:
         value = self.getsymval("{i}")
         return clean_text(value) if value else None
 
-    def _record(self, envelope: Envelope) -> None:
-        queue_id = self._queue_id()
+    def _record(self, queue_id: Optional[str], envelope: Envelope) -> None:
         record = build_record(queue_id, envelope, self.domains, self.clock(), self.client_addr,
                               self.client_name, self.helo)
         if record is None:

@@ -112,6 +112,7 @@ def relay_recipients(recipients: List[str], domains: Collection[str]) -> Dict[st
         if domain is None or domain not in domains:
             continue
         rcpts = grouped.setdefault(domain, [])
+        recipient = clean_text(recipient)
         if recipient not in rcpts:
             rcpts.append(recipient)
     return {domain: tuple(rcpts) for domain, rcpts in grouped.items()}
@@ -133,7 +134,7 @@ def build_record(
     return MessageRecord(
         queue_id=clean_text(queue_id or "").strip(),
         received_at=received_at,
-        sender=envelope.sender,
+        sender=clean_text(envelope.sender),
         size=envelope.size,
         client_addr=clean_text(client_addr),
         client_name=clean_text(client_name),

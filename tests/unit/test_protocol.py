@@ -1,13 +1,15 @@
 """The Twisted policy protocol over a StringTransport: byte streams in, replies out."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import ClientCreator, Protocol
 from twisted.python.failure import Failure
+from twisted.trial import unittest
 
 try:
     from twisted.internet.testing import StringTransport
@@ -161,3 +163,65 @@ def test_protocol_error_is_logged_with_the_peer() -> None:
     assert len(warnings) == 1
     assert warnings[0]["peer"] == "127.0.0.1:40000"
     assert transport.value() == b"" and transport.disconnecting
+
+
+class OverRealTCPTests(unittest.TestCase):
+    """The same protocol on a real loopback socket (port 0): replies, and close on garbage."""
+
+    def setUp(self) -> None:
+        self.recorder = Recorder()
+        self.factory = PolicyFactory(self.recorder, 30.0)
+        self.server_lost: List[defer.Deferred] = []
+        build = self.factory.buildProtocol
+
+        def build_and_watch(addr: Any) -> PolicyProtocol:
+            protocol = build(addr)
+            lost: defer.Deferred = defer.Deferred()
+            self.server_lost.append(lost)
+            connection_lost = protocol.connectionLost
+            protocol.connectionLost = lambda reason=None: (  # type: ignore[method-assign]
+                connection_lost(reason), lost.callback(None))
+            return protocol
+
+        self.factory.buildProtocol = build_and_watch  # type: ignore[method-assign]
+        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+
+    @defer.inlineCallbacks
+    def exchange(self, stream: bytes) -> Any:
+        """Send the stream, return everything received until the server closes or we do."""
+        client = yield ClientCreator(reactor, Client).connectTCP(
+            "127.0.0.1", self.port.getHost().port)
+        client.transport.write(stream)
+        received = yield client.done
+        yield defer.gatherResults(self.server_lost)  # the server side is closed too
+        self.assertEqual(self.factory.connections, 0)
+        return received
+
+    @defer.inlineCallbacks
+    def test_requests_answered_in_order(self) -> Any:
+        received = yield self.exchange(small(1) + small(2) + small(3) + b"x=")
+        self.assertEqual(received, expected_replies(3))
+        self.assertEqual([r["n"] for r in self.recorder.requests], ["1", "2", "3"])
+
+    @defer.inlineCallbacks
+    def test_garbage_closes_without_reply(self) -> Any:
+        received = yield self.exchange(b"GET / HTTP/1.0\r\n\r\n")
+        self.assertEqual(received, b"")
+        self.assertEqual(self.recorder.requests, [])
+
+
+class Client(Protocol):
+    """Collects replies; hangs up itself once three replies came, else waits for the server."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.done: defer.Deferred = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.received.count(b"\n\n") >= 3:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(self.received)

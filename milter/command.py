@@ -14,11 +14,11 @@ from types import ModuleType
 from typing import List, Optional, Sequence
 
 from backupmx.milter import flush, status
-from backupmx.policyd import version
+from backupmx.policyd import check, version
 from backupmx.policyd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 
 EXIT_CONFIG = 2
-SUBCOMMANDS: Sequence[ModuleType] = (status, flush)
+SUBCOMMANDS: Sequence[ModuleType] = (status, flush, check)
 
 
 def build_parser(subcommands: Sequence[ModuleType] = SUBCOMMANDS) -> argparse.ArgumentParser:

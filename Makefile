@@ -13,11 +13,16 @@ help:
 	@echo "make rpm    build dist/backupmx-$(VERSION)-*.noarch.rpm (rpmbuild, also on Debian)"
 	@echo "make clean  remove dist/"
 
-# The source: tracked and new files of the checkout, without what .gitignore excludes.
+# The source: tracked and new files of the checkout, without what .gitignore excludes (or, out
+# of git, the tree without build products and the venv).
 define export_source
-	git ls-files -z --cached --others --exclude-standard \
-	    | xargs -0 sh -c 'for f; do [ -e "$$f" ] && printf "%s\0" "$$f"; done' sh \
-	    | tar --null -T - -cf - | tar -xf - -C $(1)
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	    git ls-files -z --cached --others --exclude-standard \
+	        | xargs -0 sh -c 'for f; do [ -e "$$f" ] && printf "%s\0" "$$f"; done' sh \
+	        | tar --null -T - -cf -; \
+	else \
+	    tar --exclude=./dist --exclude=./build --exclude=./.venv --exclude=./.git -cf - .; \
+	fi | tar -xf - -C $(1)
 endef
 
 deb:

@@ -157,3 +157,36 @@ def test_parse_lines_directly_reports_source() -> None:
     lines: List[str] = ["a@b.test OK", "oops"]
     with pytest.raises(MapError, match="^src:line 2: expected 'key value'"):
         parse_recipient_lines(lines, "src")
+
+
+# ---- property: however the file is laid out, the map holds exactly its keys -------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_label = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=8)
+_domain = st.builds(lambda a, b: f"{a}.{b}", _label, st.sampled_from(["test", "example", "invalid"]))
+_local = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", min_size=1,
+                 max_size=10)
+_key = st.one_of(st.builds(lambda l, d: f"{l}@{d}", _local, _domain),
+                 st.builds(lambda d: f"@{d}", _domain))
+_layout = st.sampled_from([" OK", "\tOK", "  \t OK", "\n OK", "\n\tOK x", " OK\n# note",
+                           " OK\n\n", " OK\r"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_key, _layout), max_size=20), st.booleans())
+def test_any_layout_of_keys_loads_exactly_those_keys(entries: "list[tuple[str, str]]",
+                                                     upper: bool) -> None:
+    text = "# generated\n" + "".join(
+        f"{key.upper() if upper else key}{layout}\n" for key, layout in entries)
+    users, catch_all = parse_recipient_lines(text.splitlines(keepends=True), "<gen>")
+    expected_users: "dict[str, set[str]]" = {}
+    expected_catch_all = set()
+    for key, _ in entries:
+        local, _, domain = key.lower().rpartition("@")
+        if local:
+            expected_users.setdefault(domain, set()).add(local)
+        else:
+            expected_catch_all.add(domain)
+    assert users == expected_users
+    assert catch_all == expected_catch_all

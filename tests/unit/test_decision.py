@@ -71,7 +71,8 @@ def test_lower_case_protocol_state_still_counts_as_rcpt() -> None:
     assert decision.action == UNKNOWN_USER
 
 
-@pytest.mark.parametrize("recipient", ["alice@not-ours.test", "alice", "", "alice@sub.example.test"])
+@pytest.mark.parametrize("recipient",
+                         ["alice@not-ours.test", "alice", "", "alice@sub.example.test"])
 def test_domain_not_ours_is_dunno(recipient: str) -> None:
     decision = decide(rcpt(recipient), snapshot(), up(), NOW)
     assert (decision.action, decision.outcome) == (DUNNO, "not_ours")

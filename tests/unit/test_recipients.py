@@ -37,7 +37,8 @@ def test_comments_blank_lines_and_tabs(tmp_path: Path) -> None:
 
 
 def test_continuation_lines_join_the_previous_key(tmp_path: Path) -> None:
-    recipients = load_text(tmp_path, "alice@example.test\n   OK continued\n\tand more\nbob@example.test x\n")
+    recipients = load_text(
+        tmp_path, "alice@example.test\n   OK continued\n\tand more\nbob@example.test x\n")
     assert recipients.accepts("alice", "example.test")
     assert recipients.accepts("bob", "example.test")
     assert len(recipients) == 2
@@ -164,7 +165,8 @@ def test_parse_lines_directly_reports_source() -> None:
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 _label = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=8)
-_domain = st.builds(lambda a, b: f"{a}.{b}", _label, st.sampled_from(["test", "example", "invalid"]))
+_domain = st.builds(lambda a, b: f"{a}.{b}", _label,
+                    st.sampled_from(["test", "example", "invalid"]))
 _local = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", min_size=1,
                  max_size=10)
 _key = st.one_of(st.builds(lambda l, d: f"{l}@{d}", _local, _domain),

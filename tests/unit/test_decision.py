@@ -276,3 +276,28 @@ def test_split_recipient(text: str, expected: "tuple[str, str]") -> None:
 def test_primary_action_wording() -> None:
     assert primary_action("defer", "h") == "DEFER_IF_PERMIT 4.7.1 Primary MX h is up; deliver there"
     assert primary_action("reject", "h") == "550 5.7.1 Primary MX h is up; deliver there"
+
+
+# ---- property: decide never raises, whatever Postfix (or a fuzzer) sends ---------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_pieces = st.sampled_from(["alice", "ALICE", "+", "%", "!", "@", "\"", ":", ",", "<", ">", ".",
+                           "example.test", "catchall.test", "unmapped.test", " ", "\ufffd", ""])
+_text = st.lists(_pieces, max_size=8).map("".join) | st.text(max_size=20)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.fixed_dictionaries({"protocol_state": st.sampled_from(["RCPT", "rcpt", "DATA", ""]),
+                              "recipient": _text, "sender": _text,
+                              "client_address": _text | st.sampled_from(
+                                  ["192.0.2.1", "::ffff:192.0.2.1", "ipv6:2001:db8::1"])}),
+       st.sampled_from(["defer", "reject", "ignore"]),
+       st.sampled_from([up(), down(), {}]))
+def test_decide_never_raises_and_answers_a_known_action(attributes: Dict[str, str], action: str,
+                                                        primaries) -> None:
+    decision = decide(attributes, snapshot(action), primaries, NOW)
+    assert decision.outcome in OUTCOMES
+    assert decision.action in (DUNNO, UNKNOWN_USER, ROUTING_REFUSED) or (
+        decision.action.startswith(("DEFER_IF_PERMIT 4.7.1 Primary MX ", "550 5.7.1 Primary MX ")))
+    assert "\n" not in decision.action

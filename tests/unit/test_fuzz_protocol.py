@@ -113,7 +113,7 @@ def test_half_request_then_disconnect(data: bytes) -> None:
 
 
 def test_one_mebibyte_line_closes_without_reply_and_without_buffering_it() -> None:
-    factory = PolicyFactory(Recorder())
+    factory = PolicyFactory(Recorder(), idle_timeout=None)  # no timer left on the global reactor
     protocol, transport = connect(factory)
     feed(protocol, [b"request=smtpd_access_policy\nsender="] + [b"x" * 65536] * 16 + [b"\n\n"])
     assert transport.disconnecting and transport.value() == b""
@@ -121,7 +121,7 @@ def test_one_mebibyte_line_closes_without_reply_and_without_buffering_it() -> No
 
 
 def test_ten_thousand_attributes_close_without_reply() -> None:
-    factory = PolicyFactory(Recorder())
+    factory = PolicyFactory(Recorder(), idle_timeout=None)  # no timer left on the global reactor
     protocol, transport = connect(factory)
     block = b"".join(b"attr%d=value\n" % i for i in range(10_000)) + b"\n"
     feed(protocol, [block[i:i + 4096] for i in range(0, len(block), 4096)])
@@ -130,7 +130,7 @@ def test_ten_thousand_attributes_close_without_reply() -> None:
 
 def test_nul_and_non_utf8_values_are_answered() -> None:
     responder = Recorder()
-    protocol, transport = connect(PolicyFactory(responder))
+    protocol, transport = connect(PolicyFactory(responder, idle_timeout=None))
     feed(protocol, [b"request=smtpd_access_policy\nsender=a\x00b@x\nrecipient=\xff\xfe@y\n\n"])
     assert transport.value() == b"action=DUNNO\n\n"
     assert responder.requests[0]["sender"] == "a\x00b@x"
@@ -139,7 +139,7 @@ def test_nul_and_non_utf8_values_are_answered() -> None:
 
 def test_a_broken_connection_does_not_disturb_the_others() -> None:
     responder = Recorder()
-    factory = PolicyFactory(responder)
+    factory = PolicyFactory(responder, idle_timeout=None)
     bad, bad_transport = connect(factory)
     good, good_transport = connect(factory)
     feed(bad, [b"garbage without equals\n\n"])

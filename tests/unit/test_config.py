@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -185,13 +187,37 @@ def test_load_config_directory(tmp_path: Path) -> None:
         load_config(str(tmp_path))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def _as_nobody(check: "Callable[[], None]") -> int:
+    """Run check in a child that became user nobody (root reads any file); its exit status."""
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        status = 1
+        try:
+            entry = pwd.getpwnam("nobody")
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            check()
+            status = 0
+        finally:
+            os._exit(status)
+    return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+
+
 def test_load_config_unreadable_file(tmp_path: Path) -> None:
     path = tmp_path / "secret.conf"
     path.write_text("", encoding="utf-8")
     path.chmod(0)
-    with pytest.raises(ConfigError, match="Permission denied"):
-        load_config(str(path))
+
+    def refused() -> None:
+        with pytest.raises(ConfigError, match="Permission denied"):
+            load_config(str(path))
+
+    if os.geteuid() == 0:
+        tmp_path.chmod(0o755)
+        assert _as_nobody(refused) == 0
+    else:
+        refused()
 
 
 def test_load_config_not_utf8(tmp_path: Path) -> None:

@@ -92,6 +92,7 @@ def parse_recipient_lines(
                 raise MapError(f"line {number}: expected 'key value', got {text[:80]!r}")
             key = parts[0]
             local, at, domain = key.lower().rpartition("@")
+            domain = domain.rstrip(".")
             if not at or not domain or "@" in local and not local.startswith('"'):
                 raise MapError(f"line {number}: key {key[:80]!r} is not user@domain or @domain")
             if local:

@@ -192,3 +192,8 @@ def test_any_layout_of_keys_loads_exactly_those_keys(entries: "list[tuple[str, s
             expected_catch_all.add(domain)
     assert users == expected_users
     assert catch_all == expected_catch_all
+
+
+def test_key_with_trailing_dot_matches_the_domain() -> None:
+    users, catch_all = parse_recipient_lines(["alice@Example.Test. OK\n", "@catch.test. OK\n"])
+    assert users == {"example.test": {"alice"}} and catch_all == {"catch.test"}

@@ -94,12 +94,20 @@ def remove_stale_socket(path: str) -> None:
         pass
 
 
+# Twisted's default listen backlog is 50: when every smtpd process (100 by default) reconnects
+# at once, e.g. after a restart, the surplus SYNs are dropped and each of those clients waits a
+# full second for the retransmission.
+LISTEN_BACKLOG = 1024
+
+
 def listen(reactor: Any, address: ListenAddress, factory: Any) -> Any:
     """Bind a listening port now (raises CannotListenError), TCP or unix with its mode."""
     if address.kind == "unix":
         remove_stale_socket(address.path)
-        return reactor.listenUNIX(address.path, factory, mode=address.mode)
-    return reactor.listenTCP(address.port, factory, interface=address.host)
+        return reactor.listenUNIX(address.path, factory, mode=address.mode,
+                                  backlog=LISTEN_BACKLOG)
+    return reactor.listenTCP(address.port, factory, backlog=LISTEN_BACKLOG,
+                             interface=address.host)
 
 
 def bound_address(port: Any, address: ListenAddress) -> str:

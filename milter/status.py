@@ -155,6 +155,8 @@ def add_arguments(subparsers: Any) -> None:
         description="Per relay domain: primary state (probed now), held messages and bytes, "
                     "oldest held message, time until Postfix bounces it, last flush.")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--prometheus", action="store_true",
+                        help="Prometheus text format (for node_exporter's textfile collector)")
     parser.add_argument("--no-probe", action="store_true",
                         help="do not probe the primaries (reported as unknown)")
     parser.set_defaults(run=run)
@@ -163,14 +165,19 @@ def add_arguments(subparsers: Any) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     ctx = CommandContext.from_config(config)
     try:
-        return show_status(ctx, as_json=args.json, probe=not args.no_probe)
+        return show_status(ctx, as_json=args.json, probe=not args.no_probe,
+                           as_prometheus=getattr(args, "prometheus", False))
     finally:
         ctx.close()
 
 
-def show_status(ctx: CommandContext, as_json: bool = False, probe: bool = True) -> int:
+def show_status(ctx: CommandContext, as_json: bool = False, probe: bool = True,
+                as_prometheus: bool = False) -> int:
     status = collect_status(ctx, probe)
-    if as_json:
+    if as_prometheus:
+        from backupmx.milter.status_metrics import render_prometheus
+        ctx.out.write(render_prometheus(status))
+    elif as_json:
         ctx.out.write(json.dumps(status, indent=2, sort_keys=False) + "\n")
     else:
         ctx.out.write(render_table(status))

@@ -31,3 +31,21 @@ def test_status_as_prometheus_text() -> None:
     assert [samples[("backupmx_status_primary_up", d)] for d in ("a.test", "b.test", "c.test")] \
         == [0, 1, -1]
     assert samples[("backupmx_status_generated_timestamp_seconds", None)] == 1700000000.0
+
+
+def test_status_command_prints_prometheus_text(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from backupmx.milter.ledger import Ledger
+    from backupmx.milter.status import show_status
+    from tests.unit.milter_fakes import FakeClock, FakePostfix, ScriptedProber, make_context
+    from tests.unit.test_ledger import record
+    postfix = FakePostfix()
+    ctx = make_context(tmp_path, postfix, ScriptedProber({"a.test": "up"}), FakeClock(1000.0))
+    ledger = Ledger(ctx.config.milter.ledger)
+    ledger.record(record("Q1", received_at=900.0, size=300))
+    postfix.add("Q1", "alice@a.test")
+    assert show_status(ctx, probe=True, as_prometheus=True) == 0
+    text = ctx.out.getvalue()
+    assert 'backupmx_held_messages{domain="a.test"} 1.0' in text
+    assert 'backupmx_held_bytes{domain="a.test"} 300.0' in text
+    assert 'backupmx_oldest_held_seconds{domain="a.test"} 100.0' in text
+    ledger.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from backupmx.policyd.config import Config
 from backupmx.policyd.networks import SenderNetworks, load_sender_networks
@@ -56,13 +56,17 @@ def recipient_delimiter(config: Config) -> Tuple[str, str]:
         return "", f"cannot read Postfix's recipient_delimiter ({error}); using none"
 
 
-def load_maps(config: Config, delimiter: Optional[str] = None) -> LoadedMaps:
-    """Read every map the configuration names. Raises MapError naming the file and line."""
+def load_maps(config: Config, delimiter: Optional[str] = None,
+              pause: Optional[Callable[[], None]] = None) -> LoadedMaps:
+    """Read every map the configuration names. Raises MapError naming the file and line.
+
+    ``pause``: see load_recipient_map (reloads in a worker thread pass one).
+    """
     signature = file_signature(map_paths(config))
     warning = ""
     if delimiter is None:
         delimiter, warning = recipient_delimiter(config)
-    recipients = load_recipient_map(config.policyd.recipients, delimiter)
+    recipients = load_recipient_map(config.policyd.recipients, delimiter, pause)
     networks_path = config.policyd.sender_networks
     networks = load_sender_networks(networks_path) if networks_path else None
     return LoadedMaps(recipients, networks, signature, warning)

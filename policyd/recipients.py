@@ -9,7 +9,7 @@ relay_recipient_maps, any value means "valid"). A lookup of ``user+tag@domain`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
 
 class MapError(ValueError):
@@ -104,25 +104,59 @@ def parse_recipient_lines(
     return users, catch_all
 
 
-def load_recipient_map(paths: Iterable[str], delimiters: str = "") -> RecipientMap:
-    """Read and merge map files (blocking: call it off the reactor thread)."""
+#: lines parsed between two pauses: about 4 ms of work
+PAUSE_EVERY = 2000
+
+
+def _pausing(lines: Iterable[str], pause: Callable[[], None]) -> Iterator[str]:
+    for count, line in enumerate(lines, start=1):
+        if count % PAUSE_EVERY == 0:
+            pause()
+        yield line
+
+
+def load_recipient_map(paths: Iterable[str], delimiters: str = "",
+                       pause: Optional[Callable[[], None]] = None) -> RecipientMap:
+    """Read and merge map files (blocking: call it off the reactor thread).
+
+    ``pause`` (if given) is called every PAUSE_EVERY lines and between the per-domain steps. A
+    worker thread parsing a large map would otherwise hold the GIL for stretches of tens to
+    hundreds of milliseconds while the reactor thread waits for it; a pause that sleeps lets the
+    reactor run at least that often.
+    """
     users: Dict[str, Set[str]] = {}
     catch_all: Set[str] = set()
     sources: List[str] = []
     for path in paths:
         try:
             with open(path, encoding="utf-8", errors="strict") as handle:
-                file_users, file_catch_all = parse_recipient_lines(handle, path)
+                lines = handle if pause is None else _pausing(handle, pause)
+                file_users, file_catch_all = parse_recipient_lines(lines, path)
         except OSError as error:
             raise MapError(f"{path}: cannot read: {error.strerror}") from None
         except UnicodeDecodeError as error:
             raise MapError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-        for domain, locals_ in file_users.items():
-            users.setdefault(domain, set()).update(locals_)
+        # domain by domain, freeing each temporary set at once: one free of them all at the end
+        # would be a single long stretch holding the GIL (about 1 us per address)
+        for domain in list(file_users):
+            locals_ = file_users.pop(domain)
+            merged = users.get(domain)
+            if merged is None:
+                users[domain] = locals_
+            else:
+                merged.update(locals_)
+            del locals_, merged
+            if pause is not None:
+                pause()
         catch_all |= file_catch_all
         sources.append(path)
+    frozen: Dict[str, FrozenSet[str]] = {}
+    for domain in list(users):
+        frozen[domain] = frozenset(users.pop(domain))
+        if pause is not None:
+            pause()
     return RecipientMap(
-        users={domain: frozenset(locals_) for domain, locals_ in users.items()},
+        users=frozen,
         catch_all=frozenset(catch_all),
         delimiters=delimiters,
         sources=tuple(sources),

@@ -7,6 +7,7 @@ a failed reload logs why and keeps the last good state.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, List, Optional, Set, Tuple
 
 from twisted.internet import threads
@@ -32,6 +33,15 @@ def build_snapshot(config: Config, maps: LoadedMaps, state_max_age: float) -> Po
         primary_up_action=config.policyd.primary_up_action,
         state_max_age=state_max_age,
     )
+
+
+#: how long a reload in a worker thread sleeps at each pause (see load_recipient_map)
+RELOAD_PAUSE_SECONDS = 0.001
+
+
+def yield_to_reactor() -> None:
+    """Sleep briefly, releasing the GIL, so the reactor thread runs during a long map load."""
+    time.sleep(RELOAD_PAUSE_SECONDS)
 
 
 def lost_domains(old: Any, new: Any, domains: Any) -> List[str]:
@@ -137,7 +147,7 @@ class PolicyService:
     @staticmethod
     def _load_all(path: str) -> Tuple[Config, LoadedMaps]:
         config = load_config(path)
-        return config, load_maps(config)
+        return config, load_maps(config, pause=yield_to_reactor)
 
     def _apply_reload(self, loaded: Tuple[Config, LoadedMaps]) -> None:
         config, maps = loaded
@@ -195,7 +205,7 @@ class PolicyService:
     @staticmethod
     def _load_maps_only(config: Config) -> LoadedMaps:
         delimiter, _ = recipient_delimiter(config)
-        return load_maps(config, delimiter)
+        return load_maps(config, delimiter, pause=yield_to_reactor)
 
     def _apply_maps(self, config: Config, maps: LoadedMaps) -> None:
         if config is not self.config:

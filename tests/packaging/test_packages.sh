@@ -132,7 +132,8 @@ if [ -f "$RPM" ]; then
     check "rpm: /etc/backupmx files are %config(noreplace)" sh -c \
         "test \$(rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' '$RPM' | grep -c '^cn /etc/backupmx/') -eq 3"
     rpm -qp --requires "$RPM" >"$LOG/requires" 2>&1
-    for requirement in python3-twisted python3-pymilter python3-cachetools postfix shadow-utils; do
+    for requirement in python3-twisted python3-pymilter python3-cachetools python3-prometheus_client \
+            postfix shadow-utils; do
         check "rpm requires $requirement" grep -qx "$requirement" "$LOG/requires"
     done
     rpm -qp --scripts "$RPM" >"$LOG/scripts" 2>&1

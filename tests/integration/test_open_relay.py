@@ -70,3 +70,34 @@ def test_relay_attempts_are_refused(lab: BackupMxLab, catch_all: bool) -> None:
             assert 400 <= code < 600 or code == 0, (recipient, code, text)
     assert accepted == {}
     assert queued_for_others(lab) == []
+
+
+ROUTED = [
+    "user%other.test@example.test",
+    "other.test!user@example.test",
+    "user%[192.0.2.25]@example.test",
+    '"user@other.test"@example.test',
+    "user@other.test@example.test",
+]
+# Postfix told to take such addresses literally and to let them past its own relay guard.
+LOWERED_GUARD = {"allow_untrusted_routing": "yes", "swap_bangpath": "no",
+                 "allow_percent_hack": "no", "resolve_dequoted_address": "no"}
+
+
+def test_policy_refuses_routing_even_when_postfix_allows_untrusted_routing(
+        lab: BackupMxLab) -> None:
+    """With Postfix's own guard lowered and a catch-all map, policyd's routing rule stands."""
+    lab.recipients_path.write_text("@example.test OK\n")
+    assert eventually(lambda: lab.rcpt("anyone-at-all@example.test")[0],
+                      lambda code: code == 250) == 250
+    lab.postfix.extra_main_cf.update(LOWERED_GUARD)
+    lab.postfix.reload()
+    try:
+        for recipient in ROUTED:
+            code, text = attempt(lab, recipient)
+            assert code == 550 and "5.7.1" in text and "not relayed" in text, (recipient, text)
+        assert queued_for_others(lab) == []
+    finally:
+        for name in LOWERED_GUARD:
+            del lab.postfix.extra_main_cf[name]
+        lab.postfix.reload()

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,12 +31,13 @@ import servers  # noqa: E402
 import workload  # noqa: E402
 
 DOMAINS = tuple(f"d{n:02}.example.test" for n in range(20))
-NEWCOMER = "newcomer.after.reload@d00.example.test"
+RELOADS = 2  # successive reloads per daemon: the second also frees the first one's map
+WINDOW_AFTER = 0.3  # seconds after the new address is accepted still counted in the window
 CONNECTIONS = 4
 PROBE_EVERY = 20  # every 20th request of connection 0 asks for the newcomer
 
 
-def generate_map(path: str, addresses: int, extra: str = "") -> List[str]:
+def generate_map(path: str, addresses: int, extra: Sequence[str] = ()) -> List[str]:
     """Write the map; return a sample of its addresses (for valid lookups)."""
     rng = random.Random(7)
     sample: List[str] = []
@@ -48,8 +49,7 @@ def generate_map(path: str, addresses: int, extra: str = "") -> List[str]:
             handle.write(f"{address} OK\n")
             if n % 997 == 0:
                 sample.append(address)
-        if extra:
-            handle.write(f"{extra} OK\n")
+        handle.writelines(f"{address} OK\n" for address in extra)
     return sample
 
 
@@ -96,11 +96,12 @@ def _request(recipient: str, serial: int) -> bytes:
         "instance": f"{serial:x}.0", "size": "4242"})
 
 
-def reload_client(port: int, sample: List[str], seconds_after: float) -> None:
-    """Runs in the client process: drive lookups until the newcomer has been accepted for
-    seconds_after seconds; print (completion time, latency) pairs and the acceptance time."""
+def reload_client(port: int, sample: List[str], reloads: int, seconds_after: float) -> None:
+    """Runs in the client process: drive lookups until the last of the `reloads` newcomers has
+    been accepted for seconds_after seconds. Prints ``accepted K`` as newcomer K is accepted,
+    then the (completion time, latency) of every request as JSON."""
     requests = [_request(address, n) for n, address in enumerate(sample)]
-    newcomer = _request(NEWCOMER, 0)
+    probes = [_request(newcomer(k), 0) for k in range(1, reloads + 1)]
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(CONNECTIONS)]
     poller = select.epoll()
     by_fd = {}
@@ -114,24 +115,24 @@ def reload_client(port: int, sample: List[str], seconds_after: float) -> None:
     asked_newcomer: Dict[int, bool] = {}
     counter = 0
     done: List[Tuple[float, float]] = []
-    accepted_at = None
+    accepted: List[float] = []
 
     def send(fd: int) -> None:
         nonlocal counter
         counter += 1
-        probe = fd == socks[0].fileno() and counter % PROBE_EVERY == 0
+        probe = fd == socks[0].fileno() and counter % PROBE_EVERY == 0 and len(accepted) < reloads
         asked_newcomer[fd] = probe
         sent_at[fd] = clock()
-        by_fd[fd].send(newcomer if probe else requests[counter % len(requests)])
+        by_fd[fd].send(probes[len(accepted)] if probe else requests[counter % len(requests)])
 
     for fd in by_fd:
         send(fd)
     print("running", flush=True)
     buffers = dict.fromkeys(by_fd, b"")
-    while accepted_at is None or clock() - accepted_at < seconds_after:
-        events = poller.poll(30.0)
+    while len(accepted) < reloads or clock() - accepted[-1] < seconds_after:
+        events = poller.poll(60.0)
         if not events:
-            raise RuntimeError("policyd stopped answering for 30 s")
+            raise RuntimeError("policyd stopped answering for 60 s")
         for fd, _ in events:
             data = buffers[fd] + by_fd[fd].recv(4096)
             if not data.endswith(b"\n\n"):
@@ -140,15 +141,22 @@ def reload_client(port: int, sample: List[str], seconds_after: float) -> None:
             buffers[fd] = b""
             now = clock()
             done.append((now, now - sent_at[fd]))
-            if asked_newcomer[fd] and accepted_at is None and data == b"action=DUNNO\n\n":
-                accepted_at = now
+            if asked_newcomer[fd] and data == b"action=DUNNO\n\n":
+                accepted.append(now)
+                print(f"accepted {len(accepted)}", flush=True)
             send(fd)
-    print(json.dumps({"accepted_at": accepted_at, "done": done}))
+    print(json.dumps({"accepted": accepted, "done": done}))
 
 
-def measure_reload(workdir: str, map_path: str, sample: List[str],
-                   addresses: int) -> Dict[str, float]:
-    """One reload under load; the figures of the reload window."""
+def newcomer(serial: int) -> str:
+    return f"newcomer{serial}.after.reload@d00.example.test"
+
+
+def measure_reloads(workdir: str, map_path: str, sample: List[str],
+                    addresses: int) -> List[Dict[str, Any]]:
+    """RELOADS successive reloads under load (the second one also frees the map the first one
+    loaded); the figures of each reload window, from the file change to a moment after the new
+    address was first accepted (the old map is freed at the swap)."""
     config = os.path.join(workdir, "map-bench.conf")
     with open(config, "w") as handle:
         handle.write(f"[policyd]\nlisten = inet:127.0.0.1:0\nrecipients = {map_path}\n"
@@ -156,35 +164,41 @@ def measure_reload(workdir: str, map_path: str, sample: List[str],
                      f"\n[domains]\n" + "".join(f"{d} = [127.0.0.1]:{servers.closed_port()}\n"
                                                 for d in DOMAINS))
     policyd = servers.start_policyd(config, workdir, name="map-bench")
+    changed: List[float] = []
     try:
         client = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--reload-client", str(policyd.port),
-             json.dumps(sample)], stdout=subprocess.PIPE, text=True)
+             json.dumps(sample), str(RELOADS)], stdout=subprocess.PIPE, text=True)
         assert client.stdout is not None
         if client.stdout.readline().strip() != "running":
             raise RuntimeError("reload client did not start")
-        time.sleep(1.0)  # a second of steady lookups before the change, as a baseline
-        staging = map_path + ".new"
-        generate_map(staging, addresses, extra=NEWCOMER)
-        changed_at = time.monotonic()
-        os.replace(staging, map_path)  # what an admin's tooling does: write, then rename
+        for serial in range(1, RELOADS + 1):
+            staging = map_path + ".new"
+            generate_map(staging, addresses, extra=[newcomer(k) for k in range(1, serial + 1)])
+            time.sleep(1.0)  # steady lookups before the change (and after the last reload)
+            changed.append(time.monotonic())
+            os.replace(staging, map_path)  # what an admin's tooling does: write, then rename
+            if client.stdout.readline().strip() != f"accepted {serial}":
+                raise RuntimeError("reload client lost track of the reloads")
         result = json.loads(client.stdout.read())
         client.wait()
     finally:
         policyd.stop()
-    accepted_at = result["accepted_at"]
     done = result["done"]
-    before = [lat for at, lat in done if at < changed_at]
-    during = [lat for at, lat in done if changed_at <= at <= accepted_at]
-    return {
-        "reload_seconds": accepted_at - changed_at,
-        "requests_during": len(during),
-        "max_ms_during": max(during) * 1000 if during else float("nan"),
-        "p99_ms_during": sorted(during)[int(0.99 * len(during))] * 1000 if during else float("nan"),
-        "max_ms_before": max(before) * 1000 if before else float("nan"),
-        "worst": sorted(((lat * 1000, (at - lat - changed_at) * 1000) for at, lat in done
-                         if changed_at <= at <= accepted_at), reverse=True)[:5],
-    }
+    figures = []
+    for changed_at, accepted_at in zip(changed, result["accepted"]):
+        window_end = accepted_at + WINDOW_AFTER
+        during = sorted(lat for at, lat in done if changed_at <= at <= window_end)
+        figures.append({
+            "reload_seconds": accepted_at - changed_at,
+            "requests_during": len(during),
+            "max_ms_during": during[-1] * 1000,
+            "p99_ms_during": during[int(0.99 * len(during))] * 1000,
+            "max_ms_before": max(lat for at, lat in done if at < changed[0]) * 1000,
+            "worst": sorted(((lat * 1000, (at - lat - changed_at) * 1000) for at, lat in done
+                             if changed_at <= at <= window_end), reverse=True)[:5],
+        })
+    return figures
 
 
 def main() -> int:
@@ -192,7 +206,8 @@ def main() -> int:
         measure_load_child(sys.argv[2])
         return 0
     if len(sys.argv) > 3 and sys.argv[1] == "--reload-client":
-        reload_client(int(sys.argv[2]), json.loads(sys.argv[3]), seconds_after=0.5)
+        reload_client(int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]),
+                      seconds_after=WINDOW_AFTER + 0.2)
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--addresses", type=int, default=1_000_000)
@@ -209,17 +224,17 @@ def main() -> int:
         for load in loads:
             print(f"  load_recipient_map: {load['seconds']:.2f} s, RSS +{load['rss_mib']:.0f} MiB"
                   f" (peak +{load['peak_mib']:.0f} MiB)")
-        reloads = []
+        runs = []
         for _ in range(args.repeats):
             generate_map(map_path, args.addresses)
-            reload = measure_reload(workdir, map_path, sample, args.addresses)
-            reloads.append(reload)
-            print(f"  reload under load: {reload['reload_seconds']:.2f} s, "
-                  f"{reload['requests_during']:,} requests served during it, max latency "
-                  f"{reload['max_ms_during']:.1f} ms (p99 {reload['p99_ms_during']:.1f} ms; "
-                  f"before the change: max {reload['max_ms_before']:.1f} ms)", flush=True)
-            print("    slowest (latency ms @ sent ms after the change): " + ", ".join(
-                f"{lat:.0f} @ {at:.0f}" for lat, at in reload["worst"]))
+            runs.append(measure_reloads(workdir, map_path, sample, args.addresses))
+            for serial, reload in enumerate(runs[-1], start=1):
+                print(f"  reload {serial} under load: {reload['reload_seconds']:.2f} s, "
+                      f"{reload['requests_during']:,} requests served, max latency "
+                      f"{reload['max_ms_during']:.1f} ms, p99 {reload['p99_ms_during']:.1f} ms "
+                      f"(before any change: max {reload['max_ms_before']:.1f} ms)")
+                print("    slowest (latency ms @ sent ms after the change): " + ", ".join(
+                    f"{lat:.0f} @ {at:.0f}" for lat, at in reload["worst"]), flush=True)
     median = statistics.median
     print()
     print("| figure | median |")
@@ -228,12 +243,15 @@ def main() -> int:
           f"{median(x['seconds'] for x in loads):.2f} s |")
     print(f"| RSS growth after load | {median(x['rss_mib'] for x in loads):.0f} MiB |")
     print(f"| RSS peak during load | {median(x['peak_mib'] for x in loads):.0f} MiB |")
-    print(f"| reload under load (change to new address accepted) | "
-          f"{median(x['reload_seconds'] for x in reloads):.2f} s |")
-    print(f"| requests served during the reload | "
-          f"{median(x['requests_during'] for x in reloads):,.0f} |")
-    print(f"| max request latency during the reload | "
-          f"{median(x['max_ms_during'] for x in reloads):.1f} ms |")
+    for serial in range(RELOADS):
+        reloads = [run[serial] for run in runs]
+        name = f"reload {serial + 1}" + (" (frees the previous map)" if serial else "")
+        print(f"| {name}: file change to new address accepted | "
+              f"{median(x['reload_seconds'] for x in reloads):.2f} s |")
+        print(f"| {name}: requests served in the window | "
+              f"{median(x['requests_during'] for x in reloads):,.0f} |")
+        print(f"| {name}: max request latency | "
+              f"{median(x['max_ms_during'] for x in reloads):.1f} ms |")
     return 0
 
 

@@ -9,7 +9,7 @@ relay_recipient_maps, any value means "valid"). A lookup of ``user+tag@domain`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import AbstractSet, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
 
 class MapError(ValueError):
@@ -161,3 +161,14 @@ def load_recipient_map(paths: Iterable[str], delimiters: str = "",
         delimiters=delimiters,
         sources=tuple(sources),
     )
+
+
+def release_in_steps(users: Dict[str, AbstractSet[str]], pause: Callable[[], None]) -> None:
+    """Empty a replaced map's domain -> set dict one domain at a time, pausing in between.
+
+    Run in a worker thread on a dict that holds the last references to the sets: each set (and
+    its strings) is then freed here, in pieces the size of one domain, not in the reactor.
+    """
+    while users:
+        users.popitem()
+        pause()

@@ -92,6 +92,8 @@ def test_policy_refuses_routing_even_when_postfix_allows_untrusted_routing(
     lab.postfix.extra_main_cf.update(LOWERED_GUARD)
     lab.postfix.reload()
     try:
+        # smtpd processes started before the reload finish their turn with the old settings
+        eventually(lambda: attempt(lab, ROUTED[0])[0], lambda code: code == 550)
         for recipient in ROUTED:
             code, text = attempt(lab, recipient)
             assert code == 550 and "5.7.1" in text and "not relayed" in text, (recipient, text)

@@ -21,6 +21,7 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import loadgen  # noqa: E402
 import servers  # noqa: E402
 import workload  # noqa: E402
 
@@ -95,7 +96,11 @@ def measure(server: servers.Server, connections: int, seconds: float, users: int
     result = run_generator(server.port, connections, seconds, users)
     # the generator's start-up (building its requests) is idle time for the server, so the
     # server's CPU share is relative to the measured span plus warm-up, an underestimate
-    result["server_cpu"] = (server.cpu_seconds() - cpu_before) / (result["seconds"] + 0.3)
+    cpu = server.cpu_seconds() - cpu_before
+    result["server_cpu"] = cpu / (result["seconds"] + loadgen.WARMUP_SECONDS)
+    # CPU per request: steadier than requests/s on a shared machine (counts warm-up requests
+    # at the measured rate; the server is idle while the generator starts)
+    result["cpu_us"] = cpu / (result["rps"] * (result["seconds"] + loadgen.WARMUP_SECONDS)) * 1e6
     return result
 
 
@@ -105,17 +110,17 @@ def median_result(runs: List[Result]) -> Result:
 
 def report(results: Dict[Tuple[str, int], List[Result]], levels: List[int]) -> None:
     print()
-    print("| connections | server | requests/s | p50 ms | p99 ms | max ms | server CPU "
-          "| generator CPU | ratio |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| connections | server | requests/s | ratio | p50 ms | p99 ms | max ms "
+          "| server CPU | server CPU per request | generator CPU |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for connections in levels:
         bare = median_result(results[("bare", connections)])
         ours = median_result(results[("backupmx", connections)])
         for name, row in (("bare Twisted", bare), ("backupmx-policyd", ours)):
             ratio = f"{ours['rps'] / bare['rps']:.0%}" if row is ours else ""
-            print(f"| {connections} | {name} | {row['rps']:,.0f} | {row['p50_ms']:.2f} "
+            print(f"| {connections} | {name} | {row['rps']:,.0f} | {ratio} | {row['p50_ms']:.2f} "
                   f"| {row['p99_ms']:.2f} | {row['max_ms']:.1f} | {row['server_cpu']:.0%} "
-                  f"| {row['generator_cpu']:.0%} | {ratio} |")
+                  f"| {row['cpu_us']:.1f} us | {row['generator_cpu']:.0%} |")
 
 
 def main() -> int:
@@ -149,7 +154,7 @@ def main() -> int:
                         print(f"  run {repeat + 1} {server.name:8} {connections:3} conn: "
                               f"{result['rps']:8,.0f} req/s  p50 {result['p50_ms']:.2f} ms  "
                               f"p99 {result['p99_ms']:.2f} ms  server CPU "
-                              f"{result['server_cpu']:.0%}  generator CPU "
+                              f"{result['server_cpu']:.0%} ({result['cpu_us']:.1f} us/req)  generator CPU "
                               f"{result['generator_cpu']:.0%}", flush=True)
             report(results, levels)
         finally:

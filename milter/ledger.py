@@ -75,6 +75,16 @@ MIGRATIONS: Tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+class _Slot:
+    """One record waiting for a group commit, and what became of it."""
+
+    __slots__ = ("record", "result")
+
+    def __init__(self, record: MessageRecord) -> None:
+        self.record = record
+        self.result: Optional[str] = None
+
+
 class LedgerError(Exception):
     """The ledger cannot be used as asked (newer schema, missing file); worded for the admin."""
 
@@ -170,7 +180,9 @@ class Ledger:
         self.busy_timeout = busy_timeout
         self.create = create
         self._conn: Optional[sqlite3.Connection] = None
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # one writer at a time on the connection
+        self._pending_lock = threading.Lock()
+        self._pending: List[_Slot] = []
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -188,28 +200,47 @@ class Ledger:
     def record(self, record: MessageRecord) -> str:
         """Store a record: "ledger" when committed, "journal" when kept aside, "lost" if neither.
 
-        Never raises: the milter must answer Postfix whatever happens to accounting.
+        Never raises: the milter must answer Postfix whatever happens to accounting. Group
+        commit: records arriving while another thread commits wait for the write lock, and the
+        first of them to get it commits them all in one transaction (one fsync), so concurrent
+        SMTP sessions share the cost of durability instead of queueing behind one fsync each.
         """
+        slot = _Slot(record)
+        with self._pending_lock:
+            self._pending.append(slot)
         with self._lock:
-            try:
-                replayed = self.write([record])
-                if replayed:
-                    log.warning("ledger %s writable again: %d journaled records replayed",
-                                self.path, replayed)
-                return "ledger"
-            except (sqlite3.Error, OSError, LedgerError) as error:
-                self._drop_connection()
-                reason = error
-            try:
-                self.journal.append(record)
-                log.error("queue id %s: cannot write ledger %s (%s); record kept in journal %s",
-                          record.queue_id, self.path, reason, self.journal.path)
-                return "journal"
-            except OSError as error:
-                log.critical("queue id %s: cannot write ledger %s (%s) nor journal %s (%s); "
-                             "record: %s", record.queue_id, self.path, reason,
-                             self.journal.path, error.strerror or error, record.to_json())
-                return "lost"
+            if slot.result is None:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._commit_batch(batch)
+        return slot.result or "lost"
+
+    def _commit_batch(self, batch: List["_Slot"]) -> None:
+        try:
+            replayed = self.write([slot.record for slot in batch])
+            if replayed:
+                log.warning("ledger %s writable again: %d journaled records replayed",
+                            self.path, replayed)
+            for slot in batch:
+                slot.result = "ledger"
+            return
+        except (sqlite3.Error, OSError, LedgerError) as error:
+            self._drop_connection()
+            reason = error
+        for slot in batch:
+            slot.result = self._keep_aside(slot.record, reason)
+
+    def _keep_aside(self, record: MessageRecord, reason: Exception) -> str:
+        try:
+            self.journal.append(record)
+            log.error("queue id %s: cannot write ledger %s (%s); record kept in journal %s",
+                      record.queue_id, self.path, reason, self.journal.path)
+            return "journal"
+        except OSError as error:
+            log.critical("queue id %s: cannot write ledger %s (%s) nor journal %s (%s); "
+                         "record: %s", record.queue_id, self.path, reason,
+                         self.journal.path, error.strerror or error, record.to_json())
+            return "lost"
 
     def write(self, records: Sequence[MessageRecord]) -> int:
         """Commit records, replaying the journal first when it has any; returns how many replayed.

@@ -286,3 +286,26 @@ def test_read_only_ledger_goes_to_journal_then_replays() -> None:
     finally:
         import shutil
         shutil.rmtree(top)
+
+
+def test_concurrent_records_share_one_commit(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    batches = []
+    original = Ledger.write
+
+    def counting_write(self: Ledger, records: object) -> int:
+        batches.append(len(records))  # type: ignore[arg-type]
+        return original(self, records)  # type: ignore[arg-type]
+    monkeypatch.setattr(Ledger, "write", counting_write)
+    results = []
+    with ledger._lock:  # a commit in progress: the next records queue up behind it
+        threads = [threading.Thread(target=lambda n=n: results.append(
+            ledger.record(record(f"G{n}")))) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        while len(ledger._pending) < 6:
+            threading.Event().wait(0.001)
+    for thread in threads:
+        thread.join()
+    assert results == ["ledger"] * 6
+    assert batches == [6]
+    assert len(ledger.held_rows()) == 6

@@ -108,7 +108,12 @@ def decide(
         request.get("sender", ""), request.get("client_address", "")
     ):
         return Decision(DUNNO, "allowlisted", domain, "client network allowed for sender")
-    state = primaries.get(domain)
+    try:
+        # not primaries.get(): on the prober's TTLCache, get() checks expiry twice (1.1 us
+        # against 0.3 us); a missing or expired entry raises KeyError either way
+        state: Optional[PrimaryState] = primaries[domain]
+    except KeyError:
+        state = None
     if state is None or now - state.checked_at > snapshot.state_max_age:
         return Decision(DUNNO, "primary_unknown", domain, "primary state unknown")
     if not state.up:

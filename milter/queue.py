@@ -75,7 +75,20 @@ class QueueSnapshot:
 
     @classmethod
     def from_text(cls, text: str) -> "QueueSnapshot":
-        return cls.from_messages(parse_queue(text))
+        """The snapshot of a ``postqueue -j`` output; fast for a queue of 100,000 messages (one
+        JSON parse of the whole output, no per-message objects), exact errors otherwise."""
+        lines = [line for line in text.splitlines() if line.strip()]
+        try:
+            objects = json.loads("[" + ",".join(lines) + "]")
+            domains_by_id: Dict[str, FrozenSet[str]] = {}
+            interned: Dict[FrozenSet[str], FrozenSet[str]] = {}
+            for data in objects:
+                found = frozenset(filter(None, (address_domain(r["address"])
+                                                for r in data.get("recipients", ()))))
+                domains_by_id[str(data["queue_id"])] = interned.setdefault(found, found)
+            return cls(domains_by_id)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return cls.from_messages(parse_queue(text))  # raises QueueFormatError with the line
 
     def holds(self, queue_id: str, domain: str) -> bool:
         return domain in self.domains_by_id.get(queue_id, ())

@@ -118,3 +118,9 @@ def test_reconcile_replays_the_journal_first(ledger: Ledger) -> None:
     result = reconcile(ledger, QueueSnapshot({"JQ": frozenset({"a.test"})}), now=150.0)
     assert result.still_held == {"a.test": 1}
     assert not ledger.journal.pending()
+
+
+@pytest.mark.parametrize("name", ["deferred", "after-flush-a", "empty"])
+def test_fast_snapshot_agrees_with_the_full_parse(name: str) -> None:
+    text = sample(name)
+    assert QueueSnapshot.from_text(text) == QueueSnapshot.from_messages(parse_queue(text))

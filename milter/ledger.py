@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from backupmx.milter.journal import Journal
 from backupmx.milter.recorder import MessageRecord
@@ -89,8 +89,9 @@ class LedgerError(Exception):
     """The ledger cannot be used as asked (newer schema, missing file); worded for the admin."""
 
 
-@dataclass(frozen=True)
-class HeldRow:
+class HeldRow(NamedTuple):
+    """A (message, domain) row still held (a tuple: status builds 100,000 of them)."""
+
     message_id: int
     queue_id: str
     domain: str
@@ -308,7 +309,7 @@ class Ledger:
             args = (domain,)
         with self._lock:
             rows = self._connection().execute(query, args).fetchall()
-        return [HeldRow(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+        return [HeldRow._make(row) for row in rows]
 
     def apply_reconciliation(self, gone: Sequence[Tuple[int, str]], seen: Sequence[int],
                              now: float, flush_id: Optional[int] = None) -> None:

@@ -1,6 +1,7 @@
 """postqueue -j parsing on samples captured from Postfix 3.7, and the reconciliation."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -124,3 +125,20 @@ def test_reconcile_replays_the_journal_first(ledger: Ledger) -> None:
 def test_fast_snapshot_agrees_with_the_full_parse(name: str) -> None:
     text = sample(name)
     assert QueueSnapshot.from_text(text) == QueueSnapshot.from_messages(parse_queue(text))
+
+
+def test_scanner_is_not_fooled_by_keys_inside_strings() -> None:
+    line = json.dumps({
+        "queue_name": "deferred", "queue_id": "ABC123",
+        "sender": 'x"queue_id": "EVIL", {"address": "y@b.test"}',
+        "recipients": [{"address": 'al"ice"@a.test',
+                        "delay_reason": '{"address": "z@c.test"} "queue_id": "EVIL2"'}]})
+    snapshot = QueueSnapshot.from_text(line + "\n")
+    assert snapshot.domains_by_id == {"ABC123": frozenset({"a.test"})}
+
+
+def test_other_layouts_get_the_full_parse() -> None:
+    compact = '{"queue_id":"Q9","recipients":[{"address":"u@A.test"}]}\n'
+    assert QueueSnapshot.from_text(compact).domains_by_id == {"Q9": frozenset({"a.test"})}
+    with pytest.raises(QueueFormatError):
+        QueueSnapshot.from_text('{"queue_id": "Q1", "recipients": [{"addr": 1}]}\n')

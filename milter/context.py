@@ -38,9 +38,8 @@ class CommandContext:
     def ledger(self) -> Ledger:
         """The ledger the milter writes; LedgerError when it does not exist yet."""
         if self._ledger is None:
-            ledger = Ledger(self.config.milter.ledger, self.config.milter.journal, create=False)
-            ledger.held_rows()  # opens (and migrates) now, so errors surface here
-            self._ledger = ledger
+            self._ledger = Ledger(self.config.milter.ledger, self.config.milter.journal,
+                                  create=False).open()
         return self._ledger
 
     def close(self) -> None:

@@ -190,6 +190,12 @@ class Ledger:
             self._conn = connect(self.path, self.busy_timeout, self.create)
         return self._conn
 
+    def open(self) -> "Ledger":
+        """Connect (and migrate) now, so that errors surface at a known point."""
+        with self._lock:
+            self._connection()
+        return self
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:

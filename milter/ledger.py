@@ -1,8 +1,11 @@
 """The ledger: an SQLite file of every relay message accepted, per recipient domain, and flushes.
 
-WAL mode so the command's readers never block the milter's writer; ``synchronous = FULL`` and one
-transaction per message, committed before the milter answers end-of-message, so a record of mail
-Postfix accepted survives kill -9 (and power loss, like Postfix's own fsync'ed queue file). The
+WAL mode so the command's readers never block the milter's writer; one transaction per message,
+committed before the milter answers end-of-message, so a record of mail Postfix accepted survives
+kill -9 of the milter. ``[milter] ledger_sync`` picks SQLite's ``synchronous`` level: ``normal``
+(default) survives a crash of the process but may lose the last records on power loss; ``full``
+also survives power loss, like Postfix's own fsync'ed queue file, at a measured cost of about a
+quarter of the backup MX's message throughput (bench/README-milter.md). The
 schema is versioned with ``PRAGMA user_version`` and upgraded by the migrations below, in order.
 When a write fails, the record goes to the fallback journal (journal.py) and is replayed on the
 next successful write.
@@ -153,7 +156,11 @@ def _statements(script: str) -> List[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-def connect(path: str, busy_timeout: float = 5.0, create: bool = True) -> sqlite3.Connection:
+SYNC_LEVELS = {"normal": "NORMAL", "full": "FULL"}
+
+
+def connect(path: str, busy_timeout: float = 5.0, create: bool = True,
+            sync: str = "normal") -> sqlite3.Connection:
     """An autocommit connection in WAL mode with the schema migrated."""
     if not create and not os.path.exists(path):
         raise LedgerError(f"{path}: no ledger yet (does backupmx-milter run with this ledger?)")
@@ -162,7 +169,7 @@ def connect(path: str, busy_timeout: float = 5.0, create: bool = True) -> sqlite
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA synchronous = {SYNC_LEVELS[sync]}")
         conn.execute("PRAGMA foreign_keys = ON")
         migrate(conn)
     except BaseException:
@@ -175,8 +182,9 @@ class Ledger:
     """Thread-safe access to one ledger file, with the journal as fallback for records."""
 
     def __init__(self, path: str, journal_path: Optional[str] = None,
-                 busy_timeout: float = 5.0, create: bool = True) -> None:
+                 busy_timeout: float = 5.0, create: bool = True, sync: str = "normal") -> None:
         self.path = path
+        self.sync = sync
         self.journal = Journal(journal_path or f"{path}.journal")
         self.busy_timeout = busy_timeout
         self.create = create
@@ -187,7 +195,7 @@ class Ledger:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = connect(self.path, self.busy_timeout, self.create)
+            self._conn = connect(self.path, self.busy_timeout, self.create, self.sync)
         return self._conn
 
     def open(self) -> "Ledger":

@@ -72,7 +72,8 @@ def open_ledger(config: Config):  # type: ignore[no-untyped-def]
     """The ledger, written once now so a problem is logged at start (and the journal replayed)."""
     from backupmx.milter.ledger import Ledger, LedgerError
 
-    ledger = Ledger(config.milter.ledger, config.milter.journal, busy_timeout=2.0)
+    ledger = Ledger(config.milter.ledger, config.milter.journal, busy_timeout=2.0,
+                    sync=config.milter.ledger_sync)
     try:
         replayed = ledger.write([])
         if replayed:

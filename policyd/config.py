@@ -62,6 +62,7 @@ class PolicydConfig:
 class MilterConfig:
     listen: ListenAddress
     ledger: str
+    ledger_sync: str
     journal: str
     user: Optional[str]
 
@@ -181,6 +182,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
     "milter": {
         "listen": (parse_listen, "inet:127.0.0.1:8890"),
         "ledger": (_absolute_path, "/var/lib/backupmx/ledger.sqlite3"),
+        "ledger_sync": (_choice("normal", "full"), "normal"),
         "journal": (_optional_path, ""),
         "user": (_user_name, ""),
     },

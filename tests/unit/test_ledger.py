@@ -309,3 +309,12 @@ def test_concurrent_records_share_one_commit(ledger: Ledger, monkeypatch: pytest
     assert results == ["ledger"] * 6
     assert batches == [6]
     assert len(ledger.held_rows()) == 6
+
+
+@pytest.mark.parametrize("sync, level", [("normal", 1), ("full", 2)])
+def test_ledger_sync_setting_reaches_sqlite(tmp_path: Path, sync: str, level: int) -> None:
+    ledger = Ledger(str(tmp_path / "ledger.sqlite3"), sync=sync).open()
+    try:
+        assert ledger._connection().execute("PRAGMA synchronous").fetchone()[0] == level
+    finally:
+        ledger.close()

@@ -65,11 +65,12 @@ def run_load(host: str, port: int, connections: int, seconds: float,
             data = by_fd[fd].recv(65536)
             if not data:
                 raise RuntimeError("server closed a connection")
-            if not data.endswith(b"\n\n"):
-                partial[fd] += data
-                continue
-            if partial[fd]:
+            if partial[fd]:  # a reply split across reads (rare: replies are ~14 bytes)
+                data = partial[fd] + data
                 partial[fd] = b""
+            if not data.endswith(b"\n\n"):
+                partial[fd] = data
+                continue
             now = clock()
             if now >= measure_from:
                 record(now - sent_at[fd])

@@ -1,4 +1,4 @@
-"""Listen addresses as written in backupmx.conf, and their forms for Twisted and libmilter.
+"""Listen addresses as written in backupmx.conf, and their form for libmilter.
 
 One syntax for both daemons, close to Postfix's own: ``inet:HOST:PORT``, ``inet:[IPv6]:PORT``,
 ``unix:PATH`` and ``unix:PATH:MODE`` (octal socket mode, so the postfix user can connect).
@@ -27,14 +27,6 @@ class ListenAddress:
             return f"unix:{self.path}:{self.mode:04o}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"inet:{host}:{self.port}"
-
-    def twisted_endpoint(self) -> str:
-        """The string for twisted.internet.endpoints.serverFromString."""
-        if self.kind == "unix":
-            path = self.path.replace("\\", "\\\\").replace(":", "\\:")
-            return f"unix:{path}:mode={self.mode:o}:lockfile=0"
-        host = self.host.replace(":", "\\:")
-        return f"tcp:{self.port}:interface={host}"
 
     def libmilter_socket(self) -> str:
         """The socket string libmilter's smfi_setconn expects (inet:PORT@HOST, inet6:..., unix:PATH)."""

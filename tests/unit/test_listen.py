@@ -6,10 +6,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from twisted.internet import defer, endpoints, reactor
+from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 
+from backupmx.policyd import runtime
 from backupmx.policyd.listen import (
     DEFAULT_UNIX_MODE, ListenAddress, optional_listen, parse_host_port, parse_listen,
 )
@@ -104,12 +105,12 @@ def test_parse_host_port_errors(text: str) -> None:
         parse_host_port(text, 25)
 
 
-class TwistedEndpointTests(unittest.TestCase):
-    """twisted_endpoint() strings really listen, with the port, interface and socket mode."""
+class ListenForRealTests(unittest.TestCase):
+    """runtime.listen binds what the address says: port, interface, unix socket and its mode."""
 
     def _listen(self, text: str) -> defer.Deferred:
-        endpoint = endpoints.serverFromString(reactor, parse_listen(text).twisted_endpoint())
-        listening = endpoint.listen(Factory.forProtocol(Protocol))
+        listening = defer.maybeDeferred(runtime.listen, reactor, parse_listen(text),
+                                        Factory.forProtocol(Protocol))
         listening.addCallback(lambda port: self.addCleanup(port.stopListening) or port)
         return listening
 

@@ -45,7 +45,8 @@ class FlushOutcome:
     result: str  # complete | partial | failed
 
     def describe(self) -> str:
-        return (f"{self.domain}: {self.delivered} messages left the queue, {self.remaining} "
+        noun = "message" if self.delivered == 1 else "messages"
+        return (f"{self.domain}: {self.delivered} {noun} left the queue, {self.remaining} "
                 f"still queued (held before: {self.held_before}; flush #{self.flush_id}, "
                 f"{self.result})")
 

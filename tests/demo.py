@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -27,6 +29,15 @@ def show_rcpt(lab: BackupMxLab, recipient: str, sender: str = "someone@sender.te
     code, text = lab.rcpt(recipient, sender)
     print(f"   MAIL FROM:<{sender}> RCPT TO:<{recipient}>  ->  {code} {text}", flush=True)
     return code
+
+
+def backupmx(lab: BackupMxLab, *args: str) -> None:
+    """Run the admin's command against the demo's configuration and show what it prints."""
+    command = [sys.executable, "-m", "backupmx.milter.command", "-c", str(lab.config_path), *args]
+    print(f"   $ backupmx {' '.join(args)}", flush=True)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    for line in (result.stdout + result.stderr).splitlines():
+        print(f"     {line}")
 
 
 def milter_available() -> bool:
@@ -55,8 +66,14 @@ def script(lab: BackupMxLab) -> None:
     show_rcpt(lab, f"alice@{DOMAIN}")
     say("...except senders whose client network is on the allowlist (sender_networks)")
     show_rcpt(lab, f"alice@{DOMAIN}", sender="relay@partner.test")
-    say(f"Flush the held mail of {DOMAIN} to its primary (postqueue -s {DOMAIN})")
-    lab.postfix.run("postqueue", "-s", DOMAIN)
+    if lab.with_milter:
+        say("What the backup MX holds, per domain (recorded by the milter in the ledger)")
+        backupmx(lab, "status")
+        say(f"Hand the held mail of {DOMAIN} back to its primary")
+        backupmx(lab, "flush", DOMAIN)
+    else:
+        say(f"Flush the held mail of {DOMAIN} to its primary (postqueue -s {DOMAIN})")
+        lab.postfix.run("postqueue", "-s", DOMAIN)
     lab.primary(DOMAIN).wait_for(1, timeout=30)
     print(f"   the primary received {len(lab.primary(DOMAIN).messages)} message(s); "
           f"queue now holds {len(lab.postfix.queue())}")

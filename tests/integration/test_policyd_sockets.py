@@ -51,3 +51,19 @@ def test_policyd_answers_over_ipv6(tmp_path: Path) -> None:
         assert reply == b"action=550 5.1.1 User unknown in relay recipient table\n\n"
     finally:
         daemon.stop()
+
+
+def test_sigterm_stops_policyd_cleanly(tmp_path: Path) -> None:
+    """systemd stops the daemon with SIGTERM: exit status 0, port closed, map untouched."""
+    port = free_port()
+    recipients = tmp_path / "rcpt"
+    recipients.write_text("alice@example.test OK\n")
+    config = tmp_path / "backupmx.conf"
+    config.write_text(f"[policyd]\nlisten = inet:127.0.0.1:{port}\nrecipients = {recipients}\n"
+                      "recipient_delimiter = +\n[domains]\nexample.test = [127.0.0.1]:1\n")
+    daemon = start_notifying([sys.executable, "-m", "backupmx.policyd.main", "-c", str(config)],
+                             tmp_path / "policyd.log")
+    assert daemon.stop() == 0, daemon.log()
+    assert recipients.read_text() == "alice@example.test OK\n"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()

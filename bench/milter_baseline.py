@@ -22,7 +22,8 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness.daemons import Daemon  # noqa: E402
+from tests.harness.daemons import (Daemon, milter_argv, spawn,  # noqa: E402
+                                   wait_for_unix_socket)
 from tests.harness.lab import BackupMxLab  # noqa: E402
 
 KINDS = ("no milter", "null pymilter", "backupmx-milter")
@@ -35,21 +36,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_milter(lab: BackupMxLab, kind: str, socket_path: Path) -> Daemon:
-    import subprocess
     if kind == "null pymilter":
         argv = [sys.executable, str(Path(__file__).with_name("null_milter.py")),
                 f"unix:{socket_path}"]
     else:
-        argv = [sys.executable, "-m", "backupmx.milter.main", "-c", str(lab.config_path)]
-    log = lab.root / "milter.log"
-    with open(log, "ab") as output:
-        process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
-    daemon = Daemon(argv, log, process)
-    deadline = time.monotonic() + 30
-    while not socket_path.exists():  # libmilter cannot notify; its socket appearing is the sign
-        if time.monotonic() > deadline or not daemon.alive():
-            raise RuntimeError(f"milter not listening:\n{daemon.log()}")
-        time.sleep(0.05)
+        argv = milter_argv(lab.config_path)
+    daemon = spawn(argv, lab.root / "milter.log")
+    wait_for_unix_socket(socket_path, 30.0, daemon)
     return daemon
 
 

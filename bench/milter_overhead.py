@@ -11,11 +11,8 @@ postfix package, like the integration tests.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import smtplib
-import socket
-import subprocess
 import sqlite3
 import statistics
 import sys
@@ -27,7 +24,7 @@ from typing import List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness.daemons import Daemon, start_milter  # noqa: E402
+from tests.harness.daemons import start_milter, start_unix_milter  # noqa: E402
 from tests.harness.postfix import PostfixInstance, free_port  # noqa: E402
 
 DOMAINS = ("a.test", "b.test", "c.test", "d.test")
@@ -86,24 +83,6 @@ def send_all(port: int, sessions: List[List[Message]], clients: int) -> float:
     if errors:
         raise RuntimeError(f"refused: {errors[:3]}")
     return total / elapsed
-
-
-def start_unix_milter(config: Path, log: Path, path: Path, timeout: float = 30.0) -> Daemon:
-    """Start backupmx-milter on a unix socket; return once the socket accepts connections."""
-    argv = [sys.executable, "-m", "backupmx.milter.main", "-c", str(config)]
-    with open(log, "ab") as handle:
-        daemon = Daemon(argv, log, subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not daemon.alive():
-            raise RuntimeError(f"milter exited:\n{daemon.log()}")
-        try:
-            with socket.socket(socket.AF_UNIX) as probe:
-                probe.connect(str(path))
-                return daemon
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"milter not listening on {path}")
 
 
 def ledger_count(path: Path) -> int:

@@ -64,6 +64,11 @@ def _spawn(argv: List[str], log_path: Path, env: Optional[dict]) -> subprocess.P
                                 stdin=subprocess.DEVNULL)
 
 
+def spawn(argv: List[str], log_path: Path, env: Optional[dict] = None) -> Daemon:
+    """Start a process logging to log_path; the caller decides how to know it is ready."""
+    return Daemon(argv, log_path, _spawn(argv, log_path, env))
+
+
 def start_notifying(argv: List[str], log_path: Path, timeout: float = 30.0,
                     env: Optional[dict] = None) -> Daemon:
     """Start a daemon with $NOTIFY_SOCKET set; return once it sent READY=1."""
@@ -73,8 +78,8 @@ def start_notifying(argv: List[str], log_path: Path, timeout: float = 30.0,
         sock.bind(address)
         sock.settimeout(0.2)
         environment = dict(env if env is not None else os.environ, NOTIFY_SOCKET=address)
-        process = _spawn(argv, log_path, environment)
-        daemon = Daemon(argv, log_path, process)
+        daemon = spawn(argv, log_path, environment)
+        process = daemon.process
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
@@ -112,9 +117,47 @@ def wait_for_port(host: str, port: int, timeout: float = 30.0,
     raise DaemonError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
+def wait_for_unix_socket(path: Path, timeout: float = 30.0,
+                         daemon: Optional[Daemon] = None) -> None:
+    """Poll until the unix socket at path accepts a connection."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon is not None and not daemon.alive():
+            raise DaemonError(f"{daemon.argv[0]} exited:\n{daemon.log()}")
+        try:
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(str(path))
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise DaemonError(f"nothing listens on {path} after {timeout} s")
+
+
+def milter_argv(config_path: Path) -> List[str]:
+    return [sys.executable, "-m", "backupmx.milter.main", "-c", str(config_path)]
+
+
 def start_milter(config_path: Path, log_path: Path, host: str, port: int,
                  timeout: float = 30.0) -> Daemon:
-    argv = [sys.executable, "-m", "backupmx.milter.main", "-c", str(config_path)]
-    daemon = Daemon(argv, log_path, _spawn(argv, log_path, None))
+    daemon = spawn(milter_argv(config_path), log_path)
     wait_for_port(host, port, timeout, daemon)
     return daemon
+
+
+def start_unix_milter(config_path: Path, log_path: Path, path: Path,
+                      timeout: float = 30.0) -> Daemon:
+    """The milter on a unix socket (its [milter] listen must name path)."""
+    daemon = spawn(milter_argv(config_path), log_path)
+    wait_for_unix_socket(path, timeout, daemon)
+    return daemon
+
+
+def policy_reply(sock: socket.socket) -> bytes:
+    """Read one policy reply (up to its empty line) from a connected socket."""
+    reply = b""
+    while not reply.endswith(b"\n\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("policyd closed the connection without a reply")
+        reply += chunk
+    return reply

@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterator, List
 
 import pytest
 
-from tests.harness.daemons import Daemon, start_policyd
+from tests.harness.daemons import Daemon, policy_reply, start_policyd
 from tests.harness.lab import eventually
 from tests.harness.postfix import _searchable as searchable
 from tests.harness.postfix import free_port
@@ -54,13 +54,7 @@ class Policyd:
         sock = sock or socket.create_connection(("127.0.0.1", self.port), timeout=10)
         try:
             sock.sendall(RCPT % recipient.encode())
-            reply = b""
-            while not reply.endswith(b"\n\n"):
-                data = sock.recv(4096)
-                if not data:
-                    raise ConnectionError("closed without a reply")
-                reply += data
-            return reply.decode().strip()
+            return policy_reply(sock).decode().strip()
         finally:
             if own:
                 sock.close()

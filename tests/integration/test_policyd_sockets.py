@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.daemons import start_notifying
+from tests.harness.daemons import policy_reply, start_notifying
 from tests.harness.lab import BackupMxLab
 from tests.harness.postfix import free_port
 from tests.integration.conftest import require_postfix
@@ -43,11 +43,7 @@ def test_policyd_answers_over_ipv6(tmp_path: Path) -> None:
     try:
         with socket.create_connection(("::1", port), timeout=10) as client:
             client.sendall(REQUEST)
-            reply = b""
-            while not reply.endswith(b"\n\n"):
-                chunk = client.recv(4096)
-                assert chunk, "policyd closed the connection"
-                reply += chunk
+            reply = policy_reply(client)
         assert reply == b"action=550 5.1.1 User unknown in relay recipient table\n\n"
     finally:
         daemon.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -21,7 +21,7 @@ from backupmx.policyd.config import Config, ConfigError, load_config
 from backupmx.policyd.decision import Decision, PolicySnapshot, decide
 from backupmx.policyd.maps import LoadedMaps, file_signature, load_maps, map_paths, recipient_delimiter
 from backupmx.policyd.prober import PrimaryProber
-from backupmx.policyd.recipients import MapError, release_in_steps
+from backupmx.policyd.recipients import MapError, RecipientMap, release_in_steps
 
 DecisionObserver = Callable[[Request, Decision], None]
 
@@ -45,7 +45,7 @@ def yield_to_reactor() -> None:
     time.sleep(RELOAD_PAUSE_SECONDS)
 
 
-def lost_domains(old: Any, new: Any, domains: Any) -> List[str]:
+def lost_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str]) -> List[str]:
     """Configured domains the old recipient map covered and the new one says nothing about.
 
     A map file caught half-written or truncated to nothing would otherwise switch those domains

@@ -15,7 +15,7 @@ import os
 import re
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Iterator, List, Mapping, Optional
 from contextlib import contextmanager
 
 from backupmx.milter.context import CommandContext

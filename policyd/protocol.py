@@ -3,6 +3,7 @@
 The protocol feeds bytes to the pure ``RequestDecoder`` and writes what the ``respond`` callable
 returns. ``respond`` is synchronous on purpose: the decision never waits for I/O (probes and map
 loads run in the background and update caches), so a Deferred per request would only add cost.
+Replies go out through ``writethrough.writer_for``: sent at once when nothing is queued.
 On a protocol error the connection is closed without a reply, as Postfix expects.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from backupmx.policyd.codec import ProtocolError, Request, RequestDecoder, encode_reply
+from backupmx.policyd.writethrough import Write, writer_for
 
 Responder = Callable[[Request], str]
 
@@ -27,8 +29,10 @@ class PolicyProtocol(Protocol, TimeoutMixin):
         self.factory = factory
         self.decoder = RequestDecoder(factory.max_line_length, factory.max_attributes)
         self._broken = False
+        self._write: Write  # set by connectionMade, before any data can arrive
 
     def connectionMade(self) -> None:
+        self._write = writer_for(self.transport)
         self.factory.connections += 1
         self.setTimeout(self.factory.idle_timeout)
 
@@ -50,9 +54,9 @@ class PolicyProtocol(Protocol, TimeoutMixin):
     def _answer(self, requests: Sequence[Request]) -> None:
         respond = self.factory.respond
         if len(requests) == 1:
-            self.transport.write(encode_reply(respond(requests[0])))
+            self._write(encode_reply(respond(requests[0])))
         elif requests:
-            self.transport.write(b"".join(encode_reply(respond(r)) for r in requests))
+            self._write(b"".join(encode_reply(respond(r)) for r in requests))
 
     def timeoutConnection(self) -> None:
         self.log.debug("closing policy connection from {peer}: idle", peer=self._peer())

@@ -1,6 +1,7 @@
 """The Twisted policy protocol over a StringTransport: byte streams in, replies out."""
 from __future__ import annotations
 
+import socket
 from typing import Any, Dict, List
 
 import pytest
@@ -172,6 +173,8 @@ class OverRealTCPTests(unittest.TestCase):
         self.recorder = Recorder()
         self.factory = PolicyFactory(self.recorder, 30.0)
         self.server_lost: List[defer.Deferred] = []
+        self.server_queued: defer.Deferred = defer.Deferred()  # fires when replies had to wait
+        self.server_send_buffer = 0  # SO_SNDBUF for accepted connections; 0: the system's
         build = self.factory.buildProtocol
 
         def build_and_watch(addr: Any) -> PolicyProtocol:
@@ -181,6 +184,22 @@ class OverRealTCPTests(unittest.TestCase):
             connection_lost = protocol.connectionLost
             protocol.connectionLost = lambda reason=None: (  # type: ignore[method-assign]
                 connection_lost(reason), lost.callback(None))
+            connection_made = protocol.connectionMade
+            data_received = protocol.dataReceived
+
+            def connection_made_with_buffer() -> None:
+                if self.server_send_buffer:
+                    protocol.transport.socket.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_SNDBUF, self.server_send_buffer)
+                connection_made()
+
+            def data_received_and_watch(data: bytes) -> None:
+                data_received(data)
+                if protocol.transport in reactor.getWriters() and not self.server_queued.called:
+                    self.server_queued.callback(None)
+
+            protocol.connectionMade = connection_made_with_buffer  # type: ignore[method-assign]
+            protocol.dataReceived = data_received_and_watch  # type: ignore[method-assign]
             return protocol
 
         self.factory.buildProtocol = build_and_watch  # type: ignore[method-assign]
@@ -205,6 +224,23 @@ class OverRealTCPTests(unittest.TestCase):
         self.assertEqual([r["n"] for r in self.recorder.requests], ["1", "2", "3"])
 
     @defer.inlineCallbacks
+    def test_a_slow_reader_gets_every_reply_in_order(self) -> Any:
+        """Replies go straight to the socket until it is full, then through Twisted's queue;
+        requests keep coming while the queue drains, and no reply overtakes another."""
+        count = 4000
+        self.server_send_buffer = 4096
+        client = yield ClientCreator(reactor, Client, count).connectTCP(
+            "127.0.0.1", self.port.getHost().port)
+        client.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.transport.pauseProducing()  # stop reading: the server's replies pile up
+        client.transport.write(b"".join(small(n) for n in range(1, count + 1)))
+        yield self.server_queued  # the socket was full and Twisted had to queue
+        client.transport.resumeProducing()
+        received = yield client.done
+        yield defer.gatherResults(self.server_lost)
+        self.assertEqual(received, expected_replies(count))
+
+    @defer.inlineCallbacks
     def test_garbage_closes_without_reply(self) -> Any:
         received = yield self.exchange(b"GET / HTTP/1.0\r\n\r\n")
         self.assertEqual(received, b"")
@@ -212,15 +248,16 @@ class OverRealTCPTests(unittest.TestCase):
 
 
 class Client(Protocol):
-    """Collects replies; hangs up itself once three replies came, else waits for the server."""
+    """Collects replies; hangs up itself once `expected` replies came, else waits for the server."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int = 3) -> None:
+        self.expected = expected
         self.received = b""
         self.done: defer.Deferred = defer.Deferred()
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
-        if self.received.count(b"\n\n") >= 3:
+        if self.received.count(b"\n\n") >= self.expected:
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:

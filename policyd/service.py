@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from backupmx.policyd.codec import Request
 from backupmx.policyd.config import Config, ConfigError, load_config
 from backupmx.policyd.decision import Decision, PolicySnapshot, decide
+from backupmx.policyd.decision_log import DecisionLog
 from backupmx.policyd.maps import LoadedMaps, file_signature, load_maps, map_paths, recipient_delimiter
 from backupmx.policyd.prober import PrimaryProber
 from backupmx.policyd.recipients import MapError, RecipientMap, release_in_steps
@@ -54,16 +55,6 @@ def lost_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str]) -
     return sorted(d for d in domains if old.covers(d) and not new.covers(d))
 
 
-def describe(request: Request, decision: Decision) -> str:
-    """One greppable log line: Postfix's queue id and instance first."""
-    get = request.get
-    return (f"{decision.outcome}: queue_id={get('queue_id') or '-'} "
-            f"instance={get('instance') or '-'} client={get('client_name') or 'unknown'}"
-            f"[{get('client_address', '')}] sender=<{get('sender', '')}> "
-            f"recipient=<{get('recipient', '')}> action=\"{decision.action}\" "
-            f"reason=\"{decision.reason}\"")
-
-
 class PolicyService:
     """Answers policy requests from the current snapshot; reloads it without blocking."""
 
@@ -80,6 +71,7 @@ class PolicyService:
         # Logger is a descriptor that builds a new Logger on every ``self.log`` access (1.5 us);
         # refusals are logged on the request path, so bind it once.
         self.log = type(self).log.__get__(self, type(self))
+        self.log_decision = DecisionLog(self.log)
         self.reactor = reactor
         self.prober = prober
         self.run_in_thread = run_in_thread
@@ -97,11 +89,11 @@ class PolicyService:
     def respond(self, request: Request) -> str:
         decision = decide(request, self.snapshot, self.prober.states, self.reactor.seconds())
         if decision.refused:
-            self.log.info("{line}", line=describe(request, decision))
+            self.log_decision(request, decision)
         elif decision.outcome == "unmapped_domain":
             self._warn_unmapped(decision.domain or "")
         elif self.log_accepts:
-            self.log.info("{line}", line=describe(request, decision))
+            self.log_decision(request, decision)
         for observer in self.observers:
             observer(request, decision)
         return decision.action

@@ -12,7 +12,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from backupmx.policyd.config import Config, load_config
 from backupmx.policyd.decision import PrimaryState
 from backupmx.policyd.maps import load_maps
-from backupmx.policyd.service import PolicyService, describe
+from backupmx.policyd.service import PolicyService
 
 
 class FakeProber:
@@ -306,12 +306,3 @@ def test_sighup_during_map_reload_runs_after_it(setup: Setup) -> None:
     assert len(threads.jobs) == 1  # now the full reload
     threads.run_next()
     assert len(prober.updates) == 1
-
-
-def test_describe() -> None:
-    from backupmx.policyd.decision import Decision
-    line = describe({"queue_id": "", "instance": "i1", "client_name": "c.test",
-                     "client_address": "192.0.2.1", "sender": "", "recipient": "r@x.test"},
-                    Decision("550 x", "unknown_user", "x.test", "why"))
-    assert line == ('unknown_user: queue_id=- instance=i1 client=c.test[192.0.2.1] sender=<> '
-                    'recipient=<r@x.test> action="550 x" reason="why"')

@@ -57,7 +57,7 @@ def run(config: "Config", startup_maps: "List[LoadedMaps]") -> int:
     from backupmx.policyd.service import PolicyService
 
     log = Logger(namespace="backupmx.policyd")
-    runtime.start_logging()
+    runtime.start_logging(reactor=reactor)
     settings = config.policyd
     prober = PrimaryProber(reactor, config.domains, settings.probe_interval,
                            settings.probe_timeout, up_after=settings.primary_up_after,

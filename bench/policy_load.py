@@ -108,16 +108,23 @@ def median_result(runs: List[Result]) -> Result:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-def report(results: Dict[Tuple[str, int], List[Result]], levels: List[int]) -> None:
+LABELS = {"bare": "bare Twisted", "bare+wt": "bare Twisted + writethrough",
+          "backupmx": "backupmx-policyd"}
+
+
+def report(results: Dict[Tuple[str, int], List[Result]], levels: List[int],
+           names: List[str]) -> None:
+    """One row per server and level; ratio: requests/s against the bare server's."""
     print()
     print("| connections | server | requests/s | ratio | p50 ms | p99 ms | max ms "
           "| server CPU | server CPU per request | generator CPU |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for connections in levels:
         bare = median_result(results[("bare", connections)])
-        ours = median_result(results[("backupmx", connections)])
-        for name, row in (("bare Twisted", bare), ("backupmx-policyd", ours)):
-            ratio = f"{ours['rps'] / bare['rps']:.0%}" if row is ours else ""
+        for server_name in names:
+            row = median_result(results[(server_name, connections)])
+            name = LABELS[server_name]
+            ratio = f"{row['rps'] / bare['rps']:.0%}" if server_name != "bare" else ""
             print(f"| {connections} | {name} | {row['rps']:,.0f} | {ratio} | {row['p50_ms']:.2f} "
                   f"| {row['p99_ms']:.2f} | {row['max_ms']:.1f} | {row['server_cpu']:.0%} "
                   f"| {row['cpu_us']:.1f} us | {row['generator_cpu']:.0%} |")
@@ -129,6 +136,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median kept)")
     parser.add_argument("--connections", default="1,8,32", help="comma-separated levels")
     parser.add_argument("--users-per-domain", type=int, default=2000)
+    parser.add_argument("--writethrough-baseline", action="store_true",
+                        help="also measure the bare server sending replies as policyd does")
     args = parser.parse_args()
     levels = [int(n) for n in args.connections.split(",")]
     users = args.users_per_domain
@@ -142,13 +151,17 @@ def main() -> int:
             started.append(policyd)
             bare = servers.start_bare()
             started.append(bare)
+            compared = [bare, policyd]
+            if args.writethrough_baseline:
+                compared.insert(1, servers.start_bare(writethrough=True))
+                started.append(compared[1])
             print(f"policyd on port {policyd.port}, bare server on port {bare.port}")
             wait_primary_up(policyd.port, greeter, users)
             check_answers(policyd.port, users)
             results: Dict[Tuple[str, int], List[Result]] = {}
             for repeat in range(args.repeats):
                 for connections in levels:
-                    for server in (bare, policyd):
+                    for server in compared:
                         result = measure(server, connections, args.seconds, users)
                         results.setdefault((server.name, connections), []).append(result)
                         print(f"  run {repeat + 1} {server.name:8} {connections:3} conn: "
@@ -156,7 +169,7 @@ def main() -> int:
                               f"p99 {result['p99_ms']:.2f} ms  server CPU "
                               f"{result['server_cpu']:.0%} ({result['cpu_us']:.1f} us/req)  generator CPU "
                               f"{result['generator_cpu']:.0%}", flush=True)
-            report(results, levels)
+            report(results, levels, [server.name for server in compared])
         finally:
             for server in started:
                 server.stop()

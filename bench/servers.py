@@ -89,15 +89,17 @@ class Server:
             self._log.close()
 
 
-def start_bare() -> Server:
-    process = subprocess.Popen([sys.executable, os.path.join(BENCH_DIR, "bare_server.py")],
+def start_bare(writethrough: bool = False) -> Server:
+    """The bare baseline; with writethrough, replies sent as policyd sends them."""
+    process = subprocess.Popen([sys.executable, os.path.join(BENCH_DIR, "bare_server.py"),
+                                *(["--writethrough"] if writethrough else [])],
                                stdout=subprocess.PIPE)
     assert process.stdout is not None
     line = process.stdout.readline()
     if not line.strip().isdigit():
         process.kill()
         raise RuntimeError("bare server did not start")
-    return Server("bare", process, int(line))
+    return Server("bare+wt" if writethrough else "bare", process, int(line))
 
 
 def start_policyd(config_path: str, workdir: str, name: str = "backupmx") -> Server:

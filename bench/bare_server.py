@@ -15,6 +15,8 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 
+from backupmx.policyd.writethrough import writer_for
+
 REPLY = b"action=DUNNO\n\n"
 
 
@@ -28,7 +30,6 @@ class BareDunno(LineReceiver):
 
 class BareDunnoWritethrough(BareDunno):
     def connectionMade(self) -> None:
-        from backupmx.policyd.writethrough import writer_for
         self.write = writer_for(self.transport)
 
     def lineReceived(self, line: bytes) -> None:

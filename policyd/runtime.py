@@ -94,8 +94,7 @@ class LineObserver:
             text = f"<{_SYSLOG_PRIORITY.get(event_level, 6)}>{text}"
         reactor = self.reactor
         if reactor is None or not reactor.running or not isInIOThread():
-            self.stream.write(f"{text}\n")  # not in a reactor pass: write it now
-            self.stream.flush()
+            self._write(text)  # not in a reactor pass: write it now
             return
         pending = self.pending
         pending.append(text)
@@ -105,9 +104,12 @@ class LineObserver:
     def flush(self) -> None:
         """Write the lines collected in this reactor pass."""
         if self.pending:
-            self.stream.write("\n".join(self.pending) + "\n")
+            self._write("\n".join(self.pending))
             self.pending.clear()
-            self.stream.flush()
+
+    def _write(self, lines: str) -> None:
+        self.stream.write(f"{lines}\n")
+        self.stream.flush()
 
 
 def start_logging(stream: TextIO = sys.stderr, level: LogLevel = LogLevel.info,

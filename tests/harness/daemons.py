@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 
 class DaemonError(RuntimeError):
@@ -102,35 +102,42 @@ def start_policyd(config_path: Path, log_path: Path, timeout: float = 30.0) -> D
     return start_notifying(argv, log_path, timeout)
 
 
-def wait_for_port(host: str, port: int, timeout: float = 30.0,
-                  daemon: Optional[Daemon] = None) -> None:
-    """Poll until host:port accepts a TCP connection (for daemons that cannot notify)."""
+def _wait_until_accepting(connect: Callable[[], socket.socket], where: str, timeout: float,
+                          daemon: Optional[Daemon]) -> None:
+    """Poll until connect() succeeds (for daemons that cannot notify); fail if daemon exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemon is not None and not daemon.alive():
             raise DaemonError(f"{daemon.argv[0]} exited:\n{daemon.log()}")
         try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
+            connect().close()
+            return
         except OSError:
             time.sleep(0.05)
-    raise DaemonError(f"nothing listens on {host}:{port} after {timeout} s")
+    raise DaemonError(f"nothing listens on {where} after {timeout} s")
+
+
+def _connect_unix(path: Path) -> socket.socket:
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        probe.close()
+        raise
+    return probe
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30.0,
+                  daemon: Optional[Daemon] = None) -> None:
+    """Poll until host:port accepts a TCP connection."""
+    _wait_until_accepting(lambda: socket.create_connection((host, port), timeout=0.5),
+                          f"{host}:{port}", timeout, daemon)
 
 
 def wait_for_unix_socket(path: Path, timeout: float = 30.0,
                          daemon: Optional[Daemon] = None) -> None:
     """Poll until the unix socket at path accepts a connection."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if daemon is not None and not daemon.alive():
-            raise DaemonError(f"{daemon.argv[0]} exited:\n{daemon.log()}")
-        try:
-            with socket.socket(socket.AF_UNIX) as probe:
-                probe.connect(str(path))
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise DaemonError(f"nothing listens on {path} after {timeout} s")
+    _wait_until_accepting(lambda: _connect_unix(path), str(path), timeout, daemon)
 
 
 def milter_argv(config_path: Path) -> List[str]:

@@ -24,13 +24,13 @@ from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backupmx.milter.context import CommandContext  # noqa: E402
+from backupmx.admin.context import CommandContext  # noqa: E402
 from backupmx.milter.ledger import Ledger  # noqa: E402
-from backupmx.milter.probe import not_probed  # noqa: E402
-from backupmx.milter.queue import QueueSnapshot, reconcile  # noqa: E402
-from backupmx.milter.recorder import MessageRecord  # noqa: E402
-from backupmx.milter.status import show_status  # noqa: E402
-from backupmx.policyd.config import parse_config  # noqa: E402
+from backupmx.admin.primaries import not_probed  # noqa: E402
+from backupmx.admin.queue import QueueSnapshot, reconcile  # noqa: E402
+from backupmx.milter.envelope import MessageRecord  # noqa: E402
+from backupmx.admin.status import show_status  # noqa: E402
+from backupmx.common.config import parse_config  # noqa: E402
 
 DOMAINS = ("a.test", "b.test", "c.test", "d.test")
 

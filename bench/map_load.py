@@ -67,7 +67,7 @@ def measure_load_child(path: str) -> None:
     """Runs in the child: print load seconds and RSS growth as JSON."""
     import gc
 
-    from backupmx.policyd.recipients import load_recipient_map
+    from backupmx.common.recipient_map import load_recipient_map
 
     gc.collect()
     before = _rss_kib()

@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar, Collection, Optional
 
 import Milter
 
-from backupmx.milter.recorder import Envelope, bare_address, build_record, clean_text
+from backupmx.milter.envelope import Envelope, bare_address, build_record, clean_text
 
 log = logging.getLogger("backupmx.milter")
 

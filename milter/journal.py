@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Callable, List, Tuple
 
-from backupmx.milter.recorder import MessageRecord
+from backupmx.milter.envelope import MessageRecord
 
 log = logging.getLogger("backupmx.milter.journal")
 JOURNAL_MODE = 0o640

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from backupmx.milter.journal import Journal
-from backupmx.milter.recorder import MessageRecord
+from backupmx.milter.envelope import MessageRecord
 
 log = logging.getLogger("backupmx.milter.ledger")
 

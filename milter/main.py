@@ -13,13 +13,12 @@ import sqlite3
 import sys
 from typing import List, Optional
 
-from backupmx.policyd import version
-from backupmx.policyd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from backupmx.common import version
+from backupmx.common.cli import EXIT_FAILED, EXIT_OK, load_or_report, parent_parser
+from backupmx.common.config import Config
+from backupmx.common.daemon import journald_stream, syslog_prefix
 
-EXIT_CONFIG = 2
 MILTER_NAME = "backupmx"
-_SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4,
-                    logging.INFO: 6, logging.DEBUG: 7}
 
 log = logging.getLogger("backupmx.milter")
 
@@ -34,13 +33,13 @@ class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         if self.journald:
-            return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{text}"
+            return f"{syslog_prefix(record.levelname)}{text}"
         return text
 
 
 def start_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(bool(os.environ.get("JOURNAL_STREAM"))))
+    handler.setFormatter(_Formatter(journald_stream()))
     root = logging.getLogger("backupmx")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -48,22 +47,17 @@ def start_logging(level: int = logging.INFO) -> None:
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="backupmx-milter",
+        prog="backupmx-milter", parents=[parent_parser()],
         description="Postfix milter of backupmx: records every accepted relay message in the "
                     "ledger (never changes or rejects mail).")
-    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG_PATH,
-                        help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        print(f"backupmx-milter: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+    config, status = load_or_report("backupmx-milter", args.config)
+    if config is None:
+        return status
     start_logging()
     return run(config)
 
@@ -90,7 +84,7 @@ def run(config: Config) -> int:
     import milter as libmilter
 
     from backupmx.milter.app import LedgerMilter
-    from backupmx.policyd.runtime import drop_privileges, remove_stale_socket
+    from backupmx.common.daemon import drop_privileges, remove_stale_socket
 
     settings = config.milter
     dropped = drop_privileges(settings.user)
@@ -107,11 +101,11 @@ def run(config: Config) -> int:
         Milter.runmilter(MILTER_NAME, settings.listen.libmilter_socket(), rmsock=False)
     except libmilter.error as error:
         log.error("cannot serve on %s: %s", settings.listen, error)
-        return 1
+        return EXIT_FAILED
     finally:
         ledger.close()
     log.info("backupmx-milter stopped")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The policy decision: a pure function of (request, snapshot, primary states, now).
+"""The policy decision: a pure function of (request, policy, primary states, now).
 
 No I/O and no Twisted here, so every branch is unit tested with plain data. The order follows the
 backup-MX logic: a domain not ours is none of our business (DUNNO); a recipient absent from a
@@ -9,34 +9,31 @@ anything else is accepted, because a backup MX exists for the day the checks can
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import FrozenSet, Mapping, NamedTuple, Optional
+from typing import FrozenSet, Mapping, NamedTuple, Optional, Protocol
 
-from backupmx.policyd.networks import SenderNetworks
-from backupmx.policyd.recipients import RecipientMap
+from backupmx.common.recipient_map import RecipientMap
+from backupmx.common.sender_networks import SenderNetworks
+from backupmx.common.smtp_probe import DOWN, UNKNOWN, PrimaryState
 
 DUNNO = "DUNNO"
 UNKNOWN_USER = "550 5.1.1 User unknown in relay recipient table"
 ROUTING_REFUSED = "550 5.7.1 Source routing and % or ! addressing are not relayed"
 
 
-@dataclass(frozen=True)
-class PrimaryState:
-    """What the last probe of a domain's primary MX found."""
+class PrimaryStates(Protocol):
+    """Where the decision reads primary states: policyd.primary_monitor.PrimaryMonitor."""
 
-    up: bool
-    host: str
-    checked_at: float
+    def state(self, domain: str, now: float) -> PrimaryState: ...
 
 
 @dataclass(frozen=True)
-class PolicySnapshot:
+class Policy:
     """Everything the decision needs from configuration and maps, swapped atomically on reload."""
 
     domains: FrozenSet[str]
     recipients: Optional[RecipientMap]  # None: no map loaded (yet)
     networks: Optional[SenderNetworks]
     primary_up_action: str = "defer"  # defer | reject | ignore
-    state_max_age: float = 65.0  # an older probe result counts as unknown
 
 
 class Decision(NamedTuple):
@@ -52,7 +49,8 @@ class Decision(NamedTuple):
     reason: str = ""
 
     @property
-    def refused(self) -> bool:
+    def intervenes(self) -> bool:
+        """True for a refusal or a deferral (anything but DUNNO): what gets logged."""
         return self.action != DUNNO
 
 
@@ -86,39 +84,35 @@ def primary_action(kind: str, host: str) -> str:
 
 def decide(
     request: Mapping[str, str],
-    snapshot: PolicySnapshot,
-    primaries: Mapping[str, PrimaryState],
+    policy: Policy,
+    primaries: PrimaryStates,
     now: float,
 ) -> Decision:
     """Decide one policy request. Only RCPT-time requests for our domains are judged."""
     if request.get("protocol_state", "").upper() != "RCPT":
         return Decision(DUNNO, "other_state")
     local, domain = split_recipient(request.get("recipient", ""))
-    if domain not in snapshot.domains:
+    if domain not in policy.domains:
         return Decision(DUNNO, "not_ours", domain)
     if _has_routing(local):
         return Decision(ROUTING_REFUSED, "routing", domain, "routing characters in local part")
-    recipients = snapshot.recipients
+    recipients = policy.recipients
     if recipients is None or not recipients.covers(domain):
         return Decision(DUNNO, "unmapped_domain", domain, "no recipient map covers the domain")
     if not recipients.accepts(local, domain):
         return Decision(UNKNOWN_USER, "unknown_user", domain, "not in the recipient map")
-    networks = snapshot.networks
+    networks = policy.networks
     if networks is not None and networks.allows(
         request.get("sender", ""), request.get("client_address", "")
     ):
         return Decision(DUNNO, "allowlisted", domain, "client network allowed for sender")
-    try:
-        # not primaries.get(): on the prober's TTLCache, get() checks expiry twice (1.1 us
-        # against 0.3 us); a missing or expired entry raises KeyError either way
-        state: Optional[PrimaryState] = primaries[domain]
-    except KeyError:
-        state = None
-    if state is None or now - state.checked_at > snapshot.state_max_age:
+    state = primaries.state(domain, now)
+    status = state.status
+    if status == UNKNOWN:
         return Decision(DUNNO, "primary_unknown", domain, "primary state unknown")
-    if not state.up:
+    if status == DOWN:
         return Decision(DUNNO, "primary_down", domain, f"primary {state.host} down")
-    kind = snapshot.primary_up_action
+    kind = policy.primary_up_action
     if kind == "ignore":
         return Decision(DUNNO, "primary_up_ignored", domain, f"primary {state.host} up")
     return Decision(

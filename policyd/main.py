@@ -6,23 +6,19 @@ import signal
 import sys
 from typing import List, Optional
 
-from backupmx.policyd import version
-from backupmx.policyd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from backupmx.policyd.maps import LoadedMaps, load_maps
-from backupmx.policyd.recipients import MapError
-
-EXIT_CONFIG = 2
+from backupmx.common import version
+from backupmx.common.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, parent_parser
+from backupmx.common.config import Config, ConfigError, load_config
+from backupmx.common.recipient_map import MapError
+from backupmx.policyd.maps import load_maps
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="backupmx-policyd",
+        prog="backupmx-policyd", parents=[parent_parser()],
         description="Postfix policy service of backupmx (check_policy_service).")
-    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG_PATH,
-                        help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration and maps, then exit")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return parser.parse_args(argv)
 
 
@@ -30,63 +26,67 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config)
+        if not args.check_config:
+            return run(config)
         maps = load_maps(config)
     except (ConfigError, MapError) as error:
         print(f"backupmx-policyd: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.check_config:
-        print(f"{config.path}: OK, {len(config.domains)} domains, "
-              f"{len(maps.recipients)} recipient keys")
-        return 0
-    # Handed over in a list that run() empties, so that no frame keeps the start-up maps alive
-    # after a reload has replaced them (a 1,000,000-address map holds about 110 MiB).
-    startup_maps = [maps]
-    del maps
-    return run(config, startup_maps)
+    print(f"{config.path}: OK, {len(config.domains)} domains, "
+          f"{len(maps.recipients)} recipient keys")
+    return EXIT_OK
 
 
-def run(config: "Config", startup_maps: "List[LoadedMaps]") -> int:
-    """Start listening, then serve until SIGTERM/SIGINT; SIGHUP reloads."""
+def run(config: Config) -> int:
+    """Load the maps, start listening, then serve until SIGTERM/SIGINT; SIGHUP reloads.
+
+    Raises ConfigError or MapError when the maps cannot be loaded at start.
+    """
     from twisted.internet import reactor
     from twisted.internet.error import CannotListenError
     from twisted.logger import Logger
 
-    from backupmx.policyd import runtime
-    from backupmx.policyd.prober import PrimaryProber
+    from backupmx.common import daemon
+    from backupmx.policyd.logs import start_logging
+    from backupmx.policyd.primary_monitor import PrimaryMonitor
     from backupmx.policyd.protocol import PolicyFactory
     from backupmx.policyd.service import PolicyService
 
+    maps = load_maps(config)
     log = Logger(namespace="backupmx.policyd")
-    runtime.start_logging(reactor=reactor)
+    start_logging(reactor=reactor)
     settings = config.policyd
-    prober = PrimaryProber(reactor, config.domains, settings.probe_interval,
-                           settings.probe_timeout, up_after=settings.primary_up_after,
-                           down_after=settings.primary_down_after)
-    service = PolicyService(reactor, config, startup_maps.pop(), prober)
+    primaries = PrimaryMonitor(reactor, config.domains, settings.probe_interval,
+                               settings.probe_timeout, up_after=settings.primary_up_after,
+                               down_after=settings.primary_down_after)
+    service = PolicyService(reactor, config, maps, primaries)
+    # the service holds the maps now: no frame of ours may keep the start-up maps alive after
+    # a reload has replaced them (a 1,000,000-address map holds about 110 MiB)
+    del maps
     factory = PolicyFactory(service.respond, settings.idle_timeout, settings.max_line_length,
                             settings.max_attributes)
     try:
-        port = runtime.listen(reactor, settings.listen, factory)
+        port = daemon.listen(reactor, settings.listen, factory)
         metrics_port = _serve_metrics(reactor, settings.metrics, service, factory)
     except CannotListenError as error:
         print(f"backupmx-policyd: cannot listen on {error.interface or ''}:{error.port}: "
               f"{error.socketError}", file=sys.stderr)
-        return 1
-    dropped = runtime.drop_privileges(settings.user)
+        return EXIT_FAILED
+    dropped = daemon.drop_privileges(settings.user)
     log.info("backupmx-policyd {version} listening on {address}: {domains} domains, "
              "{count} recipient keys{dropped}", version=version(),
-             address=runtime.bound_address(port, settings.listen), domains=len(config.domains),
+             address=daemon.bound_address(port, settings.listen), domains=len(config.domains),
              count=len(service.maps.recipients), dropped=f", {dropped}" if dropped else "")
     if metrics_port is not None:
         log.info("Prometheus metrics on {address}",
-                 address=runtime.bound_address(metrics_port, settings.metrics))
+                 address=daemon.bound_address(metrics_port, settings.metrics))
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload))
     reactor.callWhenRunning(service.start)
-    reactor.callWhenRunning(runtime.notify, "READY=1")
+    reactor.callWhenRunning(daemon.notify, "READY=1")
     reactor.addSystemEventTrigger("before", "shutdown", service.stop)
-    reactor.addSystemEventTrigger("before", "shutdown", runtime.notify, "STOPPING=1")
+    reactor.addSystemEventTrigger("before", "shutdown", daemon.notify, "STOPPING=1")
     reactor.run()
-    return 0
+    return EXIT_OK
 
 
 def _serve_metrics(reactor, address, service, factory):  # type: ignore[no-untyped-def]

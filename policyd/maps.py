@@ -9,10 +9,10 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
-from backupmx.policyd.config import Config
-from backupmx.policyd.networks import SenderNetworks, load_sender_networks
-from backupmx.policyd.postfix import Postfix, PostfixError
-from backupmx.policyd.recipients import RecipientMap, load_recipient_map
+from backupmx.common.config import Config
+from backupmx.common.sender_networks import SenderNetworks, load_sender_networks
+from backupmx.common.postfix import Postfix, PostfixError
+from backupmx.common.recipient_map import RecipientMap, load_recipient_map
 
 Signature = Tuple[Tuple[str, object], ...]
 

@@ -61,18 +61,14 @@ class DecisionCounts:
 
 def _state_of(service: Any, factory: Any, counts: DecisionCounts, now: float) -> Dict[str, Any]:
     """Copy everything a scrape reports (runs on the reactor thread)."""
-    prober = service.prober
-    states = {}
-    for domain in service.config.domains:
-        state = prober.states.get(domain)
-        fresh = state is not None and now - state.checked_at <= service.snapshot.state_max_age
-        states[domain] = ("up" if state.up else "down") if fresh else "unknown"
+    states = {domain: service.primaries.state(domain, now) for domain in service.config.domains}
     return {
         "decisions": dict(counts.decisions),
         "latency": (list(counts.latency_counts), counts.latency_sum),
         "connections": factory.connections if factory is not None else 0,
-        "states": states,
-        "changed_at": dict(getattr(prober, "changed_at", {})),
+        "states": {domain: state.status for domain, state in states.items()},
+        "changed_at": {domain: state.changed_at for domain, state in states.items()
+                       if state.changed_at is not None},
         "map_keys": len(service.maps.recipients),
         "last_reload": service.last_reload,
     }
@@ -158,7 +154,7 @@ def serve(reactor: Any, address: Any, metrics: PolicydMetrics) -> Any:
     from prometheus_client.twisted import MetricsResource
     from twisted.web.server import Site
 
-    from backupmx.policyd.runtime import listen
+    from backupmx.policyd.logs import listen
     site = Site(MetricsResource(metrics.registry))
     site.noisy = False
     site.log = lambda request: None  # type: ignore[assignment]  # no access log per scrape

@@ -1,7 +1,7 @@
-"""policyd's running state: the current snapshot, the responder, and reloads.
+"""policyd's running state: the current policy, the responder, and reloads.
 
-``PolicyService.respond`` is the request path: one ``decide`` call on the current snapshot and the
-prober's cache, one log line when the answer is not a plain accept. Reloads (SIGHUP, or a map file
+``PolicyService.respond`` is the request path: one ``decide`` call on the current policy and the
+primary monitor's states, one log line when the answer is not a plain accept. Reloads (SIGHUP, or a map file
 whose mtime changed) are built entirely in a worker thread and swapped in with one assignment;
 a failed reload logs why and keeps the last good state.
 """
@@ -17,23 +17,23 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from backupmx.policyd.codec import Request
-from backupmx.policyd.config import Config, ConfigError, load_config
-from backupmx.policyd.decision import Decision, PolicySnapshot, decide
+from backupmx.common.config import Config, ConfigError, load_config
+from backupmx.policyd.decision import Decision, Policy, decide
 from backupmx.policyd.decision_log import DecisionLog
 from backupmx.policyd.maps import LoadedMaps, file_signature, load_maps, map_paths, recipient_delimiter
-from backupmx.policyd.prober import PrimaryProber
-from backupmx.policyd.recipients import MapError, RecipientMap, release_in_steps
+from backupmx.policyd.primary_monitor import PrimaryMonitor
+from backupmx.common.recipient_map import MapError, RecipientMap, release_in_steps
 
 DecisionObserver = Callable[[Request, Decision], None]
 
 
-def build_snapshot(config: Config, maps: LoadedMaps, state_max_age: float) -> PolicySnapshot:
-    return PolicySnapshot(
+def build_policy(config: Config, maps: LoadedMaps) -> Policy:
+    """The decision's view of a configuration and its loaded maps."""
+    return Policy(
         domains=frozenset(config.domains),
         recipients=maps.recipients,
         networks=maps.networks,
         primary_up_action=config.policyd.primary_up_action,
-        state_max_age=state_max_age,
     )
 
 
@@ -56,7 +56,7 @@ def lost_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str]) -
 
 
 class PolicyService:
-    """Answers policy requests from the current snapshot; reloads it without blocking."""
+    """Answers policy requests from the current policy; reloads it without blocking."""
 
     log = Logger()
 
@@ -65,15 +65,12 @@ class PolicyService:
         reactor: Any,
         config: Config,
         maps: LoadedMaps,
-        prober: PrimaryProber,
+        primaries: PrimaryMonitor,
         run_in_thread: Callable[..., Deferred] = threads.deferToThread,
     ) -> None:
-        # Logger is a descriptor that builds a new Logger on every ``self.log`` access (1.5 us);
-        # refusals are logged on the request path, so bind it once.
-        self.log = type(self).log.__get__(self, type(self))
         self.log_decision = DecisionLog(self.log)
         self.reactor = reactor
-        self.prober = prober
+        self.primaries = primaries
         self.run_in_thread = run_in_thread
         self.observers: List[DecisionObserver] = []
         self._reloading: Optional[Deferred] = None
@@ -87,8 +84,8 @@ class PolicyService:
     # ---- request path ----------------------------------------------------------------------
 
     def respond(self, request: Request) -> str:
-        decision = decide(request, self.snapshot, self.prober.states, self.reactor.seconds())
-        if decision.refused:
+        decision = decide(request, self.policy, self.primaries, self.reactor.seconds())
+        if decision.intervenes:
             self.log_decision(request, decision)
         elif decision.outcome == "unmapped_domain":
             self._warn_unmapped(decision.domain or "")
@@ -113,9 +110,9 @@ class PolicyService:
         self.maps = maps
         self.log_accepts = config.policyd.log_accepts
         self._warned_unmapped: Set[str] = set()
-        self.snapshot = build_snapshot(config, maps, self.prober.max_age)
+        self.policy = build_policy(config, maps)
         if replaced:
-            # The old map and snapshot are gone now; the sets live on only in `replaced`. A
+            # The old map and policy are gone now; the sets live on only in `replaced`. A
             # thread of its own: nothing waits for it, and reloads keep their single job.
             threading.Thread(target=release_in_steps, args=(replaced, yield_to_reactor),
                              name="release replaced map", daemon=True).start()
@@ -134,13 +131,13 @@ class PolicyService:
         return dict(current.recipients.users)
 
     def start(self) -> None:
-        self.prober.start()
+        self.primaries.start()
         self._map_check = LoopingCall(self.check_maps)
         self._map_check.clock = self.reactor
         self._map_check.start(self.config.policyd.map_check_interval, now=False)
 
     def stop(self) -> None:
-        self.prober.stop()
+        self.primaries.stop()
         if self._map_check is not None and self._map_check.running:
             self._map_check.stop()
 
@@ -171,10 +168,11 @@ class PolicyService:
         if lost:
             self.log.warn("reload: no recipient map lists {lost} any more: every recipient of "
                           "it is accepted from now on", lost=", ".join(lost))
-        self.prober.update(config.domains, config.policyd.probe_interval,
-                           config.policyd.probe_timeout,
-                           up_after=config.policyd.primary_up_after,
-                           down_after=config.policyd.primary_down_after)
+        self.primaries.configure(config.domains, config.policyd.probe_interval,
+                                 config.policyd.probe_timeout,
+                                 up_after=config.policyd.primary_up_after,
+                                 down_after=config.policyd.primary_down_after)
+        self.primaries.probe_all()
         self._install(config, maps)
         self._failed_signature = None
         self.last_reload = (True, self.reactor.seconds())

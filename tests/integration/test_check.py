@@ -44,7 +44,7 @@ def check(lab: BackupMxLab, nameserver: str, **main_cf: str) -> Tuple[int, List[
         "smtpd_milters": f"{{ inet:127.0.0.1:{lab.milter_port}, default_action=accept }}",
         **main_cf}
     lab.postfix.write_config()
-    result = subprocess.run([sys.executable, "-m", "backupmx.milter.command", "-c",
+    result = subprocess.run([sys.executable, "-m", "backupmx.admin.main", "-c",
                              str(lab.config_path), "check", "--json", "--nameserver", nameserver],
                             capture_output=True, text=True, timeout=60)
     assert result.stderr == ""

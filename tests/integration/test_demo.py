@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_shows_accept_reject_defer_status_and_flush() -> None:
     require_postfix()
-    result = subprocess.run([sys.executable, "-m", "tests.demo", "--once"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "demo", "--once"], cwd=ROOT,
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def backupmx(lab: BackupMxLab, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backupmx.milter.command", "-c",
+    return subprocess.run([sys.executable, "-m", "backupmx.admin.main", "-c",
                            str(lab.config_path), *args], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
 

@@ -79,7 +79,7 @@ check "units installed" test -f /lib/systemd/system/backupmx-policyd.service \
     -a -f /lib/systemd/system/backupmx-milter.service \
     -a -f /lib/systemd/system/backupmx-flush.service -a -f /lib/systemd/system/backupmx-flush.timer
 check "installed code imports from dist-packages on Debian's Python" sh -c \
-    "cd / && /usr/bin/python3 -c 'import backupmx.policyd.main, backupmx.milter.main, backupmx.milter.command, milter; print(backupmx.policyd.main.__file__)' | grep -q /usr/lib/python3/dist-packages/"
+    "cd / && /usr/bin/python3 -c 'import backupmx.policyd.main, backupmx.milter.main, backupmx.admin.main, milter; print(backupmx.policyd.main.__file__)' | grep -q /usr/lib/python3/dist-packages/"
 check "backupmx-policyd --check-config on the shipped configuration" \
     runuser -u backupmx -- /usr/bin/backupmx-policyd -c /etc/backupmx/backupmx.conf --check-config
 

@@ -7,10 +7,10 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
-from backupmx.milter.context import CommandContext
-from backupmx.milter.probe import PrimaryReport
-from backupmx.policyd.config import Config, parse_config
-from backupmx.policyd.postfix import PostfixError
+from backupmx.admin.context import CommandContext
+from backupmx.admin.primaries import PrimaryState
+from backupmx.common.config import Config, parse_config
+from backupmx.common.postfix import PostfixError
 
 
 class FakePostfix:
@@ -65,9 +65,9 @@ class ScriptedProber:
         self.states: Dict[str, str] = dict(states or {})
         self.calls: List[List[str]] = []
 
-    def __call__(self, domains: Mapping, timeout: float) -> Dict[str, PrimaryReport]:
+    def __call__(self, domains: Mapping, timeout: float) -> Dict[str, PrimaryState]:
         self.calls.append(sorted(domains))
-        return {d: PrimaryReport(self.states.get(d, "down"), str(spec))
+        return {d: PrimaryState(self.states.get(d, "down"), str(spec))
                 for d, spec in domains.items()}
 
 

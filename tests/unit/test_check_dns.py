@@ -7,9 +7,9 @@ from twisted.internet import defer, reactor
 from twisted.names import authority, client, dns, server
 from twisted.trial import unittest
 
-from backupmx.policyd.check import gather_dns
-from backupmx.policyd.checks import FAIL, OK, check_dns
-from backupmx.policyd.config import PrimarySpec
+from backupmx.admin.check import gather_dns
+from backupmx.admin.setup_checks import FAIL, OK, check_dns
+from backupmx.common.config import PrimarySpec
 
 
 class Zone(authority.FileAuthority):

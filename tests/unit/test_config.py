@@ -10,10 +10,10 @@ from typing import Callable
 
 import pytest
 
-from backupmx.policyd.config import (
+from backupmx.common.config import (
     SCHEMA, ConfigError, PrimarySpec, check_readable, load_config, parse_config,
 )
-from backupmx.policyd.listen import ListenAddress
+from backupmx.common.listen import ListenAddress
 from backupmx.policyd.main import EXIT_CONFIG, main
 
 PATH = "/etc/backupmx/test.conf"

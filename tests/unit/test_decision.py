@@ -6,11 +6,12 @@ from typing import Dict, Optional
 import pytest
 
 from backupmx.policyd.decision import (
-    DUNNO, OUTCOMES, ROUTING_REFUSED, UNKNOWN_USER, PolicySnapshot, PrimaryState, decide,
-    primary_action, split_recipient,
+    DUNNO, OUTCOMES, ROUTING_REFUSED, UNKNOWN_USER, Policy, decide, primary_action,
+    split_recipient,
 )
-from backupmx.policyd.networks import parse_sender_networks
-from backupmx.policyd.recipients import parse_recipient_lines, RecipientMap
+from backupmx.common.smtp_probe import PrimaryState
+from backupmx.common.sender_networks import parse_sender_networks
+from backupmx.common.recipient_map import parse_recipient_lines, RecipientMap
 
 NOW = 1_000_000.0
 DEFER_PREFIX = "DEFER_IF_PERMIT 4.7.1 "
@@ -32,9 +33,15 @@ NETWORKS = parse_sender_networks(["@partner.test 192.0.2.0/24", "boss@corp.test 
 DOMAINS = frozenset({"example.test", "catchall.test", "unmapped.test"})
 
 
-def snapshot(action: str = "defer", recipients: Optional[RecipientMap] = MAP,
-             max_age: float = 65.0) -> PolicySnapshot:
-    return PolicySnapshot(DOMAINS, recipients, NETWORKS, action, max_age)
+def snapshot(action: str = "defer", recipients: Optional[RecipientMap] = MAP) -> Policy:
+    return Policy(DOMAINS, recipients, NETWORKS, action)
+
+
+class States(Dict[str, PrimaryState]):
+    """Fixed primary states, answering like PrimaryMonitor.state (freshness is its job)."""
+
+    def state(self, domain: str, now: float) -> PrimaryState:
+        return self.get(domain, PrimaryState("unknown"))
 
 
 def rcpt(recipient: str, sender: str = "someone@far.test",
@@ -43,14 +50,14 @@ def rcpt(recipient: str, sender: str = "someone@far.test",
             "recipient": recipient, "sender": sender, "client_address": client}
 
 
-def up(host: str = "mx1.example.test", age: float = 1.0) -> Dict[str, PrimaryState]:
-    return {"example.test": PrimaryState(True, host, NOW - age),
-            "catchall.test": PrimaryState(True, host, NOW - age)}
+def up(host: str = "mx1.example.test", age: float = 1.0) -> States:
+    return States({"example.test": PrimaryState("up", host, NOW - age),
+                   "catchall.test": PrimaryState("up", host, NOW - age)})
 
 
-def down(host: str = "mx1.example.test") -> Dict[str, PrimaryState]:
-    return {"example.test": PrimaryState(False, host, NOW - 1),
-            "catchall.test": PrimaryState(False, host, NOW - 1)}
+def down(host: str = "mx1.example.test") -> States:
+    return States({"example.test": PrimaryState("down", host, NOW - 1),
+                   "catchall.test": PrimaryState("down", host, NOW - 1)})
 
 
 @pytest.mark.parametrize("state", ["CONNECT", "EHLO", "HELO", "MAIL", "DATA", "END-OF-MESSAGE",
@@ -76,7 +83,7 @@ def test_lower_case_protocol_state_still_counts_as_rcpt() -> None:
 def test_domain_not_ours_is_dunno(recipient: str) -> None:
     decision = decide(rcpt(recipient), snapshot(), up(), NOW)
     assert (decision.action, decision.outcome) == (DUNNO, "not_ours")
-    assert not decision.refused
+    assert not decision.intervenes
 
 
 def test_missing_recipient_attribute_is_not_ours() -> None:
@@ -85,13 +92,13 @@ def test_missing_recipient_attribute_is_not_ours() -> None:
     assert decide(request, snapshot(), up(), NOW).outcome == "not_ours"
 
 
-@pytest.mark.parametrize("primaries", [up(), down(), {}], ids=["up", "down", "unknown"])
+@pytest.mark.parametrize("primaries", [up(), down(), States()], ids=["up", "down", "unknown"])
 def test_recipient_missing_from_covering_map_is_550_whatever_the_primary(primaries) -> None:
     decision = decide(rcpt("mallory@example.test"), snapshot(), primaries, NOW)
     assert decision.action == "550 5.1.1 User unknown in relay recipient table"
     assert decision.action == UNKNOWN_USER
     assert decision.outcome == "unknown_user"
-    assert decision.refused
+    assert decision.intervenes
 
 
 def test_unknown_user_beats_allowlist() -> None:
@@ -103,7 +110,7 @@ def test_unknown_user_beats_allowlist() -> None:
 def test_domain_without_covering_map_is_accepted(recipients) -> None:
     domain = "unmapped.test" if recipients is not None else "example.test"
     decision = decide(rcpt(f"anyone@{domain}"), snapshot(recipients=recipients),
-                      {domain: PrimaryState(True, "mx", NOW)}, NOW)
+                      States({domain: PrimaryState("up", "mx", NOW)}), NOW)
     assert (decision.action, decision.outcome) == (DUNNO, "unmapped_domain")
 
 
@@ -170,7 +177,7 @@ def test_not_allowlisted_falls_through_to_primary(sender: str, client: str) -> N
 
 
 def test_no_sender_networks_at_all() -> None:
-    bare = PolicySnapshot(DOMAINS, MAP, None)
+    bare = Policy(DOMAINS, MAP, None)
     decision = decide(rcpt("alice@example.test", "a@partner.test", "192.0.2.5"), bare, up(), NOW)
     assert decision.outcome == "primary_up_defer"
 
@@ -180,12 +187,12 @@ def test_primary_up_defers_by_default_naming_the_host(host: str) -> None:
     decision = decide(rcpt("alice@example.test"), snapshot(), up(host), NOW)
     assert decision.action == f"DEFER_IF_PERMIT 4.7.1 Primary MX {host} is up; deliver there"
     assert decision.outcome == "primary_up_defer"
-    assert decision.refused
+    assert decision.intervenes
     assert host in decision.reason
 
 
 def test_default_snapshot_action_is_defer() -> None:
-    default = PolicySnapshot(DOMAINS, MAP, None)
+    default = Policy(DOMAINS, MAP, None)
     assert decide(rcpt("alice@example.test"), default, up(), NOW).action.startswith(DEFER_PREFIX)
 
 
@@ -198,7 +205,7 @@ def test_primary_up_reject() -> None:
 def test_primary_up_ignore() -> None:
     decision = decide(rcpt("bob@example.test"), snapshot("ignore"), up(), NOW)
     assert (decision.action, decision.outcome) == (DUNNO, "primary_up_ignored")
-    assert not decision.refused
+    assert not decision.intervenes
 
 
 def test_primary_down_is_dunno() -> None:
@@ -208,26 +215,8 @@ def test_primary_down_is_dunno() -> None:
 
 
 def test_primary_never_probed_is_dunno() -> None:
-    decision = decide(rcpt("alice@example.test"), snapshot(), {}, NOW)
+    decision = decide(rcpt("alice@example.test"), snapshot(), States(), NOW)
     assert (decision.action, decision.outcome) == (DUNNO, "primary_unknown")
-
-
-@pytest.mark.parametrize("age,expected", [
-    (0.0, "primary_up_defer"),
-    (65.0, "primary_up_defer"),
-    (65.001, "primary_unknown"),
-    (3600.0, "primary_unknown"),
-])
-def test_primary_state_older_than_max_age_counts_as_unknown(age: float, expected: str) -> None:
-    decision = decide(rcpt("alice@example.test"), snapshot(max_age=65.0), up(age=age), NOW)
-    assert decision.outcome == expected
-
-
-def test_state_age_is_measured_against_the_now_argument() -> None:
-    primaries = {"example.test": PrimaryState(True, "mx", 100.0)}
-    request = rcpt("alice@example.test")
-    assert decide(request, snapshot(max_age=10), primaries, 105.0).outcome == "primary_up_defer"
-    assert decide(request, snapshot(max_age=10), primaries, 111.0).outcome == "primary_unknown"
 
 
 @pytest.mark.parametrize("recipient", [
@@ -246,18 +235,18 @@ def test_extension_of_an_unknown_user_is_still_unknown() -> None:
 
 def test_every_outcome_is_declared() -> None:
     seen = {
-        decide(rcpt("a@example.test", state="MAIL"), snapshot(), {}, NOW).outcome,
-        decide(rcpt("a@nope.test"), snapshot(), {}, NOW).outcome,
-        decide(rcpt("zz@example.test"), snapshot(), {}, NOW).outcome,
-        decide(rcpt("a%b@example.test"), snapshot(), {}, NOW).outcome,
-        decide(rcpt("a@unmapped.test"), snapshot(), {}, NOW).outcome,
+        decide(rcpt("a@example.test", state="MAIL"), snapshot(), States(), NOW).outcome,
+        decide(rcpt("a@nope.test"), snapshot(), States(), NOW).outcome,
+        decide(rcpt("zz@example.test"), snapshot(), States(), NOW).outcome,
+        decide(rcpt("a%b@example.test"), snapshot(), States(), NOW).outcome,
+        decide(rcpt("a@unmapped.test"), snapshot(), States(), NOW).outcome,
         decide(rcpt("alice@example.test", "x@partner.test", "192.0.2.1"), snapshot(), up(),
                NOW).outcome,
         decide(rcpt("alice@example.test"), snapshot("defer"), up(), NOW).outcome,
         decide(rcpt("alice@example.test"), snapshot("reject"), up(), NOW).outcome,
         decide(rcpt("alice@example.test"), snapshot("ignore"), up(), NOW).outcome,
         decide(rcpt("alice@example.test"), snapshot(), down(), NOW).outcome,
-        decide(rcpt("alice@example.test"), snapshot(), {}, NOW).outcome,
+        decide(rcpt("alice@example.test"), snapshot(), States(), NOW).outcome,
     }
     assert seen == set(OUTCOMES)
 
@@ -293,7 +282,7 @@ _text = st.lists(_pieces, max_size=8).map("".join) | st.text(max_size=20)
                               "client_address": _text | st.sampled_from(
                                   ["192.0.2.1", "::ffff:192.0.2.1", "ipv6:2001:db8::1"])}),
        st.sampled_from(["defer", "reject", "ignore"]),
-       st.sampled_from([up(), down(), {}]))
+       st.sampled_from([up(), down(), States()]))
 def test_decide_never_raises_and_answers_a_known_action(attributes: Dict[str, str], action: str,
                                                         primaries) -> None:
     decision = decide(attributes, snapshot(action), primaries, NOW)

@@ -6,31 +6,14 @@ from typing import Iterator, Tuple
 
 import pytest
 
-from backupmx.milter.context import CommandContext
-from backupmx.milter.flush import (EXIT_OK, EXIT_REFUSED, FlushRefused, choose_auto,
+from backupmx.admin.context import CommandContext
+from backupmx.admin.flush import (EXIT_OK, EXIT_REFUSED, FlushRefused, choose_auto,
                                    fast_flush_fix, flush_command, flush_domain, flush_lock,
-                                   in_fast_flush_domains, lock_path)
+                                   lock_path)
 from backupmx.milter.ledger import DomainSummary, Ledger
-from backupmx.milter.probe import PrimaryReport
+from backupmx.admin.primaries import PrimaryState
 from tests.unit.milter_fakes import FakeClock, FakePostfix, ScriptedProber, make_context
 from tests.unit.test_ledger import record
-
-
-@pytest.mark.parametrize("value, domain, expected", [
-    ("a.test, b.test", "a.test", True),
-    ("a.test b.test", "B.test", True),
-    ("", "a.test", False),
-    ("other.test", "a.test", False),
-    ("test", "a.test", True),            # parent matches subdomain (Postfix default)
-    (".test", "a.test", True),
-    (".a.test", "a.test", False),        # only subdomains
-    ("!a.test, test", "a.test", False),  # excluded first
-    ("hash:/etc/postfix/flush", "a.test", None),
-    ("/etc/postfix/flush_domains", "a.test", None),
-    ("a.test, hash:/x", "a.test", True),
-])
-def test_fast_flush_domains_matching(value: str, domain: str, expected: object) -> None:
-    assert in_fast_flush_domains(value, domain) is expected
 
 
 def test_fix_names_the_instance() -> None:
@@ -44,9 +27,9 @@ def test_auto_choice() -> None:
                  "c.test": DomainSummary("c.test", 1, 1, 1.0),
                  "gone.test": DomainSummary("gone.test", 1, 1, 1.0),
                  "z.test": DomainSummary("z.test", 0, 0, None)}
-    reports = {"a.test": PrimaryReport("up", ""), "b.test": PrimaryReport("down", ""),
-               "c.test": PrimaryReport("unknown", ""), "gone.test": PrimaryReport("up", ""),
-               "z.test": PrimaryReport("up", "")}
+    reports = {"a.test": PrimaryState("up", ""), "b.test": PrimaryState("down", ""),
+               "c.test": PrimaryState("unknown", ""), "gone.test": PrimaryState("up", ""),
+               "z.test": PrimaryState("up", "")}
     configured = {"a.test": 1, "b.test": 1, "c.test": 1, "z.test": 1}
     assert choose_auto(summaries, reports, configured) == ["a.test"]
 
@@ -167,7 +150,7 @@ def test_auto_does_nothing_while_another_flush_holds_the_lock(setup: Setup) -> N
 def test_manual_flush_waits_for_the_lock_then_gives_up(setup: Setup,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     ctx, postfix, prober, ledger = setup
-    monkeypatch.setattr("backupmx.milter.flush.LOCK_WAIT", 1.0)
+    monkeypatch.setattr("backupmx.admin.flush.LOCK_WAIT", 1.0)
     prober.states["a.test"] = "up"
     with flush_lock(lock_path(ctx.config.milter.ledger), None, ctx):
         assert flush_command(ctx, "a.test", auto=False, force=False, wait=1) == EXIT_REFUSED

@@ -16,7 +16,7 @@ from backupmx.milter import ledger as ledger_module
 from backupmx.milter.journal import Journal, parse_journal
 from backupmx.milter.ledger import (MIGRATIONS, SCHEMA_VERSION, Ledger, LedgerError, connect,
                                     migrate)
-from backupmx.milter.recorder import MessageRecord
+from backupmx.milter.envelope import MessageRecord
 
 
 def record(queue_id: str = "Q1", received_at: float = 100.0, size: int = 1000,

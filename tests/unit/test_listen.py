@@ -10,8 +10,8 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 
-from backupmx.policyd import runtime
-from backupmx.policyd.listen import (
+from backupmx.common import daemon as runtime
+from backupmx.common.listen import (
     DEFAULT_UNIX_MODE, ListenAddress, optional_listen, parse_host_port, parse_listen,
 )
 

@@ -10,8 +10,8 @@ from twisted.internet import task
 from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.python import threadable
 
-from backupmx.policyd import runtime
-from backupmx.policyd.runtime import LineObserver
+from backupmx.policyd import logs as runtime
+from backupmx.policyd.logs import LineObserver
 
 
 class CountingStream(io.StringIO):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from backupmx.policyd.config import Config, parse_config
+from backupmx.common.config import Config, parse_config
 from backupmx.policyd.maps import file_signature, load_maps, map_paths, recipient_delimiter
-from backupmx.policyd.recipients import MapError
+from backupmx.common.recipient_map import MapError
 
 
 def make_config(tmp_path: Path, extra: str = "", networks: bool = True) -> Config:

@@ -6,7 +6,6 @@ from typing import Dict, Tuple
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from backupmx.policyd.decision import PrimaryState
 from backupmx.policyd.metrics import PolicydMetrics
 from backupmx.policyd.protocol import PolicyFactory
 from tests.unit.test_service import Setup, make_service, rcpt, rewrite
@@ -23,14 +22,13 @@ def scrape(metrics: PolicydMetrics) -> Samples:
 def test_decisions_latency_primary_state_map_and_connections(tmp_path: Path) -> None:
     setup = Setup(tmp_path)
     service, prober, clock = make_service(setup)
-    prober.changed_at = {"example.test": 1000.0}
     factory = PolicyFactory(service.respond)
     metrics = PolicydMetrics()
     metrics.attach(service, factory)
     for recipient in ("alice@example.test", "bob@example.test", "bob@example.test",
                       "x@elsewhere.test", "y@random-1.test"):
         factory.respond(rcpt(recipient))
-    prober.states["example.test"] = PrimaryState(True, "127.0.0.1", clock.seconds())
+    prober.up("example.test", "127.0.0.1")
     factory.respond(rcpt("alice@example.test"))
     factory.connections = 3
     samples = scrape(metrics)

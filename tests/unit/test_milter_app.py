@@ -11,7 +11,7 @@ from Milter.testctx import TestCtx
 TestCtx.__test__ = False  # pytest: not a test class
 
 from backupmx.milter.app import LedgerMilter
-from backupmx.milter.recorder import MessageRecord
+from backupmx.milter.envelope import MessageRecord
 
 NO_REPLY_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT
                  | Milter.P_NR_DATA | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY

@@ -17,9 +17,11 @@ try:
 except ImportError:  # Twisted before 19.7 (not Debian 12's 22.4, but cheap to keep)
     from twisted.test.proto_helpers import StringTransport  # type: ignore[no-redef]
 
-from backupmx.policyd.decision import PolicySnapshot, PrimaryState, decide
+from backupmx.common.smtp_probe import PrimaryState
+from backupmx.policyd.decision import Policy, decide
+from tests.unit.test_decision import States
 from backupmx.policyd.protocol import PolicyFactory, PolicyProtocol
-from backupmx.policyd.recipients import RecipientMap
+from backupmx.common.recipient_map import RecipientMap
 from tests.unit.policy_streams import (
     POSTFIX_RCPT, READ_SIZES, ROWS, Row, chunks, encode, small,
 )
@@ -83,9 +85,9 @@ def test_replies_come_one_per_request_as_they_complete() -> None:
 @pytest.mark.parametrize("size", READ_SIZES)
 def test_unknown_attributes_do_not_change_the_decision(size: int) -> None:
     """The real decision as responder: a future attribute is ignored, the answer is the same."""
-    snapshot = PolicySnapshot(frozenset({"example.test"}),
+    snapshot = Policy(frozenset({"example.test"}),
                               RecipientMap({"example.test": frozenset({"alice"})}), None)
-    primaries = {"example.test": PrimaryState(True, "mx.example.test", 100.0)}
+    primaries = States({"example.test": PrimaryState("up", "mx.example.test", 100.0)})
     factory = PolicyFactory(lambda request: decide(request, snapshot, primaries, 101.0).action,
                             None)
     known = [pair for pair in POSTFIX_RCPT if pair[0] != "some_future_attribute"]

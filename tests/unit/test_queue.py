@@ -8,7 +8,7 @@ from typing import Iterator
 import pytest
 
 from backupmx.milter.ledger import FLUSHED, LEFT, HeldRow, Ledger
-from backupmx.milter.queue import (QueueFormatError, QueueSnapshot, compare, parse_queue,
+from backupmx.admin.queue import (QueueFormatError, QueueSnapshot, compare, parse_queue,
                                    reconcile)
 from tests.unit.test_ledger import record
 

@@ -6,7 +6,7 @@ from typing import List
 
 import pytest
 
-from backupmx.policyd.recipients import (
+from backupmx.common.recipient_map import (
     MapError, RecipientMap, load_recipient_map, logical_lines, parse_recipient_lines,
 )
 

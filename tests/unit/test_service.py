@@ -9,20 +9,24 @@ import pytest
 from twisted.internet import defer, task
 from twisted.logger import LogLevel, globalLogPublisher
 
-from backupmx.policyd.config import Config, load_config
-from backupmx.policyd.decision import PrimaryState
+from backupmx.common.config import Config, load_config
+from backupmx.common.config import PrimarySpec
+from backupmx.common.smtp_probe import ProbeResult
+from backupmx.policyd.primary_monitor import PrimaryMonitor
 from backupmx.policyd.maps import load_maps
 from backupmx.policyd.service import PolicyService
 
 
-class FakeProber:
-    """What PolicyService uses of PrimaryProber."""
+class FakeProber(PrimaryMonitor):
+    """A real PrimaryMonitor that never probes by itself; tests feed results with record()
+    and read what reloads configured."""
 
-    def __init__(self) -> None:
-        self.states: Dict[str, PrimaryState] = {}
-        self.max_age = 65.0
-        self.running = False
+    def __init__(self, clock: task.Clock) -> None:
         self.updates: List[Tuple[Dict[str, Any], float, float]] = []
+        super().__init__(clock, {"example.test": PrimarySpec("127.0.0.1", 25)}, 30, 5,
+                         probe=lambda *args: defer.Deferred())
+        self.updates.clear()
+        self.running = False
 
     def start(self) -> None:
         self.running = True
@@ -30,10 +34,17 @@ class FakeProber:
     def stop(self) -> None:
         self.running = False
 
-    def update(self, domains: Any, interval: float, timeout: float, up_after: Any = None,
-               down_after: Any = None) -> None:
+    def probe_all(self) -> None:
+        pass
+
+    def configure(self, domains: Any, interval: float, timeout: float, up_after: int = 1,
+                  down_after: int = 1, interval_down: Any = None) -> None:
         self.updates.append((dict(domains), interval, timeout))
-        self.max_age = interval * 2 + timeout
+        super().configure(domains, interval, timeout, up_after, down_after, interval_down)
+
+    def up(self, domain: str, host: str = "127.0.0.1") -> None:
+        self.domains.setdefault(domain, PrimarySpec(host, 25))
+        self.record(domain, ProbeResult(True, host))
 
 
 def synchronous(function: Callable[..., Any], *args: Any) -> defer.Deferred:
@@ -104,7 +115,7 @@ def make_service(setup: Setup, run_in_thread: Callable[..., defer.Deferred] = sy
                  ) -> "tuple[PolicyService, FakeProber, task.Clock]":
     clock = task.Clock()
     clock.advance(1000)
-    prober = FakeProber()
+    prober = FakeProber(clock)
     config = setup.config()
     service = PolicyService(clock, config, load_maps(config), prober, run_in_thread)
     return service, prober, clock
@@ -120,11 +131,11 @@ def setup(tmp_path: Path) -> Setup:
     return Setup(tmp_path)
 
 
-def test_respond_uses_snapshot_prober_states_and_reactor_time(setup: Setup) -> None:
+def test_respond_uses_the_policy_primary_states_and_reactor_time(setup: Setup) -> None:
     service, prober, clock = make_service(setup)
     assert service.respond(rcpt("alice@example.test")) == "DUNNO"  # primary unknown
     assert service.respond(rcpt("bob@example.test")).startswith("550 5.1.1 ")
-    prober.states["example.test"] = PrimaryState(True, "127.0.0.1", clock.seconds())
+    prober.up("example.test", "127.0.0.1")
     assert service.respond(rcpt("alice+tag@example.test")).startswith("DEFER_IF_PERMIT 4.7.1 ")
     assert service.respond(rcpt("alice@example.test", "a@partner.test", "192.0.2.3")) == "DUNNO"
     clock.advance(prober.max_age + 1)
@@ -167,19 +178,19 @@ def test_unmapped_domain_is_warned_once(setup: Setup, events: List[dict]) -> Non
 
 def test_edited_map_is_swapped_in_by_check_maps(setup: Setup, events: List[dict]) -> None:
     service, _, _ = make_service(setup)
-    before = service.snapshot
+    before = service.policy
     service.check_maps()
-    assert service.snapshot is before  # nothing changed, nothing reloaded
+    assert service.policy is before  # nothing changed, nothing reloaded
     rewrite(setup.recipients, "alice@example.test OK\nbob@example.test OK\n")
     service.check_maps()
-    assert service.snapshot is not before
+    assert service.policy is not before
     assert service.respond(rcpt("bob@example.test")) == "DUNNO"
     assert any("recipient maps reloaded: 2 keys" in m for m in messages(events, LogLevel.info))
 
 
 def test_edited_sender_networks_are_swapped_in(setup: Setup) -> None:
     service, prober, clock = make_service(setup)
-    prober.states["example.test"] = PrimaryState(True, "h", clock.seconds())
+    prober.up("example.test", "h")
     request = rcpt("alice@example.test", "a@partner.test", "198.51.100.9")
     assert service.respond(request).startswith("DEFER_IF_PERMIT")
     rewrite(setup.networks, "@partner.test 198.51.100.0/24\n")
@@ -189,28 +200,28 @@ def test_edited_sender_networks_are_swapped_in(setup: Setup) -> None:
 
 def test_broken_map_keeps_last_good_and_logs_once(setup: Setup, events: List[dict]) -> None:
     service, _, _ = make_service(setup)
-    good = service.snapshot
+    good = service.policy
     rewrite(setup.recipients, "alice@example.test OK\nbroken-line\n")
     for _ in range(3):
         service.check_maps()
-    assert service.snapshot is good
+    assert service.policy is good
     assert service.respond(rcpt("alice@example.test")) == "DUNNO"
     errors = messages(events, LogLevel.error)
     assert len(errors) == 1
     assert f"{setup.recipients}:line 2" in errors[0]
     rewrite(setup.recipients, "alice@example.test OK\ncarol@example.test OK\n")
     service.check_maps()
-    assert service.snapshot is not good
+    assert service.policy is not good
     assert service.respond(rcpt("carol@example.test")) == "DUNNO"
 
 
 def test_removed_map_keeps_last_good(setup: Setup, events: List[dict]) -> None:
     service, _, _ = make_service(setup)
-    good = service.snapshot
+    good = service.policy
     setup.recipients.unlink()
     service.check_maps()
     service.check_maps()
-    assert service.snapshot is good
+    assert service.policy is good
     assert len(messages(events, LogLevel.error)) == 1
 
 
@@ -234,18 +245,18 @@ def test_reload_applies_new_config_and_updates_the_prober(setup: Setup) -> None:
                        domains="example.test = [127.0.0.1]:2526\nnew.test = mx\n")
     reloading = service.reload()
     assert isinstance(reloading, defer.Deferred)
-    assert service.snapshot.domains == frozenset({"example.test", "new.test"})
+    assert service.policy.domains == frozenset({"example.test", "new.test"})
     assert prober.updates[-1][1:] == (10.0, 2.0)
     assert set(prober.updates[-1][0]) == {"example.test", "new.test"}
-    assert service.snapshot.state_max_age == 22.0
+    assert prober.max_age == 22.0
 
 
 def test_reload_with_broken_config_keeps_the_old_one(setup: Setup, events: List[dict]) -> None:
     service, prober, _ = make_service(setup)
-    config, snapshot = service.config, service.snapshot
+    config, snapshot = service.config, service.policy
     setup.conf.write_text("[policyd]\nprimary_up_action = bounce\n", encoding="utf-8")
     service.reload()
-    assert service.config is config and service.snapshot is snapshot
+    assert service.config is config and service.policy is snapshot
     assert prober.updates == []
     errors = messages(events, LogLevel.error)
     assert len(errors) == 1
@@ -255,10 +266,10 @@ def test_reload_with_broken_config_keeps_the_old_one(setup: Setup, events: List[
 
 def test_reload_with_broken_map_keeps_the_old_one(setup: Setup, events: List[dict]) -> None:
     service, _, _ = make_service(setup)
-    snapshot = service.snapshot
+    snapshot = service.policy
     rewrite(setup.recipients, "nope\n")
     service.reload()
-    assert service.snapshot is snapshot
+    assert service.policy is snapshot
     assert len(messages(events, LogLevel.error)) == 1
 
 
@@ -277,7 +288,7 @@ def test_overlapping_reloads_merge_into_one_more_run(setup: Setup) -> None:
     threads.run_next()
     assert threads.jobs == []
     assert len(prober.updates) == 2
-    assert "later.test" in service.snapshot.domains
+    assert "later.test" in service.policy.domains
 
 
 def test_check_maps_waits_for_a_running_reload(setup: Setup) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from backupmx.policyd.config import SCHEMA, parse_config
-from backupmx.policyd.listen import parse_listen
+from backupmx.common.config import SCHEMA, parse_config
+from backupmx.common.listen import parse_listen
 
 SHIPPED = Path(__file__).resolve().parents[2] / "etc" / "backupmx.conf"
 SECTION = re.compile(r"^\[(\w+)\]\s*$")

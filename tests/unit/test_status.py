@@ -7,25 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from backupmx.milter.command import build_parser, main
+from backupmx.admin.main import build_parser, main
 from backupmx.milter.ledger import DomainSummary, FlushEvent, Ledger
-from backupmx.milter.probe import PrimaryReport
-from backupmx.milter.status import build_status, parse_postfix_time, render_table, show_status
+from backupmx.admin.primaries import PrimaryState
+from backupmx.admin.status import build_status, render_table, show_status
 from tests.unit.milter_fakes import FakeClock, FakePostfix, ScriptedProber, make_context
 from tests.unit.test_ledger import record
-
-
-@pytest.mark.parametrize("text, seconds", [("5d", 432000), ("30s", 30), ("2m", 120), ("3h", 10800),
-                                           ("1w", 604800), ("5", 432000), (" 7D ", 604800),
-                                           ("0", 0)])
-def test_postfix_time_units(text: str, seconds: int) -> None:
-    assert parse_postfix_time(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "5x", "1.5d", "-1d", "d"])
-def test_bad_postfix_time(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_postfix_time(text)
 
 
 def flush_event() -> FlushEvent:
@@ -37,8 +24,8 @@ def test_build_status_shape_and_bounce_countdown() -> None:
         ["b.test", "a.test"],
         {"a.test": DomainSummary("a.test", 6, 8123, 1000.0 - 3600),
          "gone.test": DomainSummary("gone.test", 1, 10, 900.0)},
-        {"a.test": PrimaryReport("down", "[10.0.0.1]:25"),
-         "b.test": PrimaryReport("up", "[10.0.0.2]:25")},
+        {"a.test": PrimaryState("down", "[10.0.0.1]:25"),
+         "b.test": PrimaryState("up", "[10.0.0.2]:25")},
         {"a.test": flush_event()}, lifetime=432000, now=1000.0)
     rows = {r["domain"]: r for r in status["domains"]}
     assert [r["domain"] for r in status["domains"]] == ["a.test", "b.test", "gone.test"]
@@ -67,7 +54,7 @@ def test_bounce_countdown_never_negative_and_unknown_lifetime() -> None:
 def test_table_for_people() -> None:
     status = build_status(["a.test", "b.test"],
                           {"a.test": DomainSummary("a.test", 6, 8123, 1000.0 - 93784)},
-                          {"a.test": PrimaryReport("up", "x")}, {"a.test": flush_event()},
+                          {"a.test": PrimaryState("up", "x")}, {"a.test": flush_event()},
                           lifetime=432000, now=1000.0, warnings=["queue unreadable"])
     lines = render_table(status).splitlines()
     assert lines[0].split() == ["DOMAIN", "PRIMARY", "HELD", "BYTES", "OLDEST", "BOUNCES",
@@ -141,4 +128,4 @@ def test_version(capsys: pytest.CaptureFixture) -> None:
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("backupmx ")
-    assert sys.modules["backupmx.milter.command"]
+    assert sys.modules["backupmx.admin.main"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from backupmx.milter.status_metrics import render_prometheus
+from backupmx.admin.status_metrics import render_prometheus
 
 STATUS = {
     "generated_at": 1700000000.0,
@@ -35,7 +35,7 @@ def test_status_as_prometheus_text() -> None:
 
 def test_status_command_prints_prometheus_text(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from backupmx.milter.ledger import Ledger
-    from backupmx.milter.status import show_status
+    from backupmx.admin.status import show_status
     from tests.unit.milter_fakes import FakeClock, FakePostfix, ScriptedProber, make_context
     from tests.unit.test_ledger import record
     postfix = FakePostfix()

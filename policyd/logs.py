@@ -1,25 +1,20 @@
-"""What a backupmx daemon needs from its host: logging, sockets, readiness, privileges.
+"""policyd's log output: twisted.logger events as one line each on stderr.
 
-Logs go to stderr one line per event, without timestamps when journald is reading (it adds its
-own) and with syslog ``<N>`` priority prefixes so journald files them at the right level.
-Readiness is announced with sd_notify (systemd ``Type=notify``; tests listen for it too).
+Without timestamps when journald is reading (it adds its own) and with syslog ``<N>`` priority
+prefixes so journald files them at the right level (common.daemon.SYSLOG_PRIORITY).
 """
 from __future__ import annotations
 
-import os
-import pwd
-import socket
-import stat
 import sys
 from typing import Any, List, Optional, TextIO
 
 from twisted.logger import LogLevel, eventAsText, formatTime, globalLogBeginner
 from twisted.python.threadable import isInIOThread
 
-from backupmx.policyd.listen import ListenAddress
+from backupmx.common.daemon import journald_stream, syslog_prefix
 
-_SYSLOG_PRIORITY = {LogLevel.critical: 2, LogLevel.error: 3, LogLevel.warn: 4,
-                    LogLevel.info: 6, LogLevel.debug: 7}
+#: the journald prefix of each level, computed once (a refusal's line is on the request path)
+_PREFIX = {level: syslog_prefix(level.name) for level in LogLevel.iterconstants()}
 
 
 class _SecondsStamp:
@@ -91,7 +86,7 @@ class LineObserver:
         if not text:
             return
         if self.journald:
-            text = f"<{_SYSLOG_PRIORITY.get(event_level, 6)}>{text}"
+            text = f"{_PREFIX[event_level]}{text}"
         reactor = self.reactor
         if reactor is None or not reactor.running or not isInIOThread():
             self._write(text)  # not in a reactor pass: write it now
@@ -118,69 +113,8 @@ def start_logging(stream: TextIO = sys.stderr, level: LogLevel = LogLevel.info,
 
     With a reactor, lines are written at the end of each reactor pass, and at shutdown.
     """
-    observer = LineObserver(stream, level, bool(os.environ.get("JOURNAL_STREAM")), reactor)
+    observer = LineObserver(stream, level, journald_stream(), reactor)
     if reactor is not None:
         reactor.addSystemEventTrigger("after", "shutdown", observer.flush)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     return observer
-
-
-def notify(state: str) -> bool:
-    """Send a state (``READY=1``, ``STOPPING=1``, ``RELOADING=1``) to $NOTIFY_SOCKET, if set."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(state.encode())
-    except OSError:  # the supervisor went away; readiness is a courtesy, not a duty
-        return False
-    return True
-
-
-def remove_stale_socket(path: str) -> None:
-    """A unix socket left by a previous run blocks bind(); remove it, but nothing else."""
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-# Twisted's default listen backlog is 50: when every smtpd process (100 by default) reconnects
-# at once, e.g. after a restart, the surplus SYNs are dropped and each of those clients waits a
-# full second for the retransmission.
-LISTEN_BACKLOG = 1024
-
-
-def listen(reactor: Any, address: ListenAddress, factory: Any) -> Any:
-    """Bind a listening port now (raises CannotListenError), TCP or unix with its mode."""
-    if address.kind == "unix":
-        remove_stale_socket(address.path)
-        return reactor.listenUNIX(address.path, factory, mode=address.mode,
-                                  backlog=LISTEN_BACKLOG)
-    return reactor.listenTCP(address.port, factory, backlog=LISTEN_BACKLOG,
-                             interface=address.host)
-
-
-def bound_address(port: Any, address: ListenAddress) -> str:
-    """The address actually bound (port 0 becomes the chosen port), in config syntax."""
-    if address.kind == "unix":
-        return str(address)
-    host = port.getHost()
-    return str(ListenAddress("inet", host=address.host, port=host.port))
-
-
-def drop_privileges(user: Optional[str]) -> Optional[str]:
-    """Become ``user`` (after binding) when started as root; returns what was done, if anything."""
-    if not user or os.getuid() != 0:
-        return None
-    entry = pwd.getpwnam(user)
-    os.setgroups(os.getgrouplist(entry.pw_name, entry.pw_gid))
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
-    os.environ["HOME"] = entry.pw_dir
-    return f"running as {user} (uid {entry.pw_uid})"

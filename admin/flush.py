@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any, Iterator, List, Mapping, Optional
 from contextlib import contextmanager
 
-from backupmx.milter.context import CommandContext
+from backupmx.admin.context import CommandContext
 from backupmx.milter.ledger import DomainSummary, LedgerError
-from backupmx.milter.probe import UP, PrimaryReport
-from backupmx.milter.queue import QueueFormatError, QueueSnapshot, reconcile
-from backupmx.policyd.config import Config
-from backupmx.policyd.postfix import PostfixError
+from backupmx.admin.primaries import UP, PrimaryState
+from backupmx.admin.queue import QueueFormatError, QueueSnapshot, reconcile
+from backupmx.common.config import Config
+from backupmx.common.postfix import PostfixError
+from backupmx.common.postfix_values import domain_list_matches, parent_matches_subdomains
 
 DEFAULT_WAIT = 30.0
 POLL_INTERVAL = 0.2
@@ -53,26 +54,6 @@ class FlushOutcome:
 
 # ---- pure decisions ---------------------------------------------------------------------------
 
-def in_fast_flush_domains(value: str, domain: str) -> Optional[bool]:
-    """Whether Postfix's expanded ``fast_flush_domains`` lets ``postqueue -s domain`` work.
-
-    Follows Postfix's domain list rules (parent domains match subdomains for this parameter by
-    default, ``.domain`` matches subdomains, ``!pattern`` excludes). None when a lookup table or
-    file decides, which only Postfix can answer.
-    """
-    domain = domain.lower().rstrip(".")
-    for entry in (e for e in re.split(r"[\s,]+", value.lower()) if e):
-        negate = entry.startswith("!")
-        pattern = entry[1:] if negate else entry
-        if pattern.startswith("/") or ":" in pattern:
-            return None
-        pattern = pattern.rstrip(".")
-        bare = pattern.lstrip(".")
-        if (not pattern.startswith(".") and domain == bare) or domain.endswith("." + bare):
-            return not negate
-    return False
-
-
 def fast_flush_fix(domain: str, config_directory: Optional[str]) -> str:
     where = f" -c {config_directory}" if config_directory else ""
     return (f"{domain} is not in Postfix's fast_flush_domains, so postqueue -s cannot flush it. "
@@ -80,12 +61,12 @@ def fast_flush_fix(domain: str, config_directory: Optional[str]) -> str:
             f"postfix{where} reload")
 
 
-def choose_auto(summaries: Mapping[str, DomainSummary], reports: Mapping[str, PrimaryReport],
+def choose_auto(summaries: Mapping[str, DomainSummary], reports: Mapping[str, PrimaryState],
                 configured: Mapping[str, Any]) -> List[str]:
     """Domains ``--auto`` flushes: configured, with held mail, primary up now. Sorted."""
     return sorted(d for d, s in summaries.items()
                   if d in configured and s.held_messages > 0
-                  and reports.get(d) is not None and reports[d].state == UP)
+                  and reports.get(d) is not None and reports[d].status == UP)
 
 
 # ---- the lock ---------------------------------------------------------------------------------
@@ -124,13 +105,16 @@ def snapshot(ctx: CommandContext) -> QueueSnapshot:
 
 def check_flushable(ctx: CommandContext, domain: str) -> None:
     """Refuse early, with the fix, when Postfix would answer 'Flush service is not configured'."""
-    value = ctx.postfix.postconf("fast_flush_domains", expand=True).get("fast_flush_domains", "")
-    if in_fast_flush_domains(value, domain) is False:
+    postconf = ctx.postfix.postconf("fast_flush_domains", "parent_domain_matches_subdomains",
+                                    expand=True)
+    listed = domain_list_matches(postconf.get("fast_flush_domains", ""), domain,
+                                 parent_matches_subdomains(postconf, "fast_flush_domains"))
+    if listed is False:
         raise FlushRefused(fast_flush_fix(domain, ctx.postfix.config_directory))
 
 
 def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: float = DEFAULT_WAIT,
-                 trigger: str = "manual", report: Optional[PrimaryReport] = None) -> FlushOutcome:
+                 trigger: str = "manual", report: Optional[PrimaryState] = None) -> FlushOutcome:
     """Flush one relay domain (the caller holds the flush lock). Raises FlushRefused before
     anything changed; PostfixError, LedgerError, sqlite3.Error if a tool or the ledger fails."""
     spec = ctx.config.domains.get(domain)
@@ -139,14 +123,14 @@ def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: fl
     check_flushable(ctx, domain)
     if report is None:
         report = ctx.probe({domain: spec}, ctx.probe_timeout)[domain]
-    if report.state != UP and not force:
-        raise FlushRefused(f"the primary of {domain} ({report.host}) is {report.state}: not "
+    if report.status != UP and not force:
+        raise FlushRefused(f"the primary of {domain} ({report.host}) is {report.status}: not "
                            f"flushing, the mail would only be deferred again. --force flushes "
                            f"anyway.")
     ledger = ctx.ledger()
     held_before = reconcile(ledger, snapshot(ctx), ctx.clock(), domain=domain) \
         .still_held.get(domain, 0)
-    flush_id = ledger.start_flush(domain, trigger, force, report.state, held_before, ctx.clock())
+    flush_id = ledger.start_flush(domain, trigger, force, report.status, held_before, ctx.clock())
     result = ctx.postfix.flush_domain(domain)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
@@ -190,7 +174,7 @@ def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
         if domain not in chosen:
             report = reports.get(domain)
             print(f"{domain}: {summaries[domain].held_messages} held, primary "
-                  f"{report.state if report else 'unknown'}: not flushed", file=ctx.out)
+                  f"{report.status if report else 'unknown'}: not flushed", file=ctx.out)
             continue
         try:
             outcome = flush_domain(ctx, domain, wait=wait, trigger="auto", report=reports[domain])

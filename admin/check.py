@@ -12,11 +12,11 @@ import json
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from backupmx.policyd.checks import (FAIL, OK, WARN, DomainDns, Result, check_dns,
+from backupmx.admin.setup_checks import (FAIL, OK, WARN, DomainDns, Result, check_dns,
                                      check_domain_lists, check_flush_service, check_maps,
                                      check_milter, check_policy_service, check_queue_lifetime)
-from backupmx.policyd.config import Config, PrimarySpec
-from backupmx.policyd.postfix import Postfix, PostfixError, parse_postconf
+from backupmx.common.config import Config, PrimarySpec
+from backupmx.common.postfix import Postfix, PostfixError, parse_postconf
 
 DNS_TIMEOUT = 5.0
 
@@ -187,22 +187,3 @@ def run(args: argparse.Namespace, config: Config) -> int:
         results = run_checks(config, postconf, services, dns, hostname, table_lookup(postfix))
     print(render_json(results) if getattr(args, "json", False) else render_text(results))
     return 1 if any(r.status == FAIL for r in results) else 0
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Standalone entry (``python -m backupmx.policyd.check -c FILE``), same as the subcommand."""
-    from backupmx.policyd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-    parser = argparse.ArgumentParser(prog="backupmx")
-    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG_PATH)
-    add_arguments(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        print(f"backupmx: {error}", file=sys.stderr)
-        return 2
-    return args.run(args, config)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

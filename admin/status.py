@@ -13,26 +13,15 @@ import re
 import sqlite3
 from typing import Any, Dict, List, Mapping, Optional
 
-from backupmx.milter.context import CommandContext
+from backupmx.admin.context import CommandContext
 from backupmx.milter.ledger import DomainSummary, FlushEvent, LedgerError
-from backupmx.milter.probe import PrimaryReport, not_probed
-from backupmx.milter.queue import QueueFormatError, QueueSnapshot, reconcile
-from backupmx.policyd.config import Config
-from backupmx.policyd.postfix import PostfixError
+from backupmx.admin.primaries import PrimaryState, not_probed
+from backupmx.admin.queue import QueueFormatError, QueueSnapshot, reconcile
+from backupmx.common.config import Config
+from backupmx.common.postfix import PostfixError
+from backupmx.common.postfix_values import parse_time
 
-TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_postfix_time(text: str, default_unit: str = "d") -> int:
-    """Seconds in a Postfix time value (``5d``, ``12h``, ``3600s``, ``1w``; a bare number takes
-    the parameter's default unit, days for maximal_queue_lifetime). ValueError if malformed."""
-    match = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", text.lower())
-    if not match:
-        raise ValueError(f"{text!r} is not a Postfix time value")
-    return int(match.group(1)) * TIME_UNITS[match.group(2) or default_unit]
-
-
-def domain_status(domain: str, summary: Optional[DomainSummary], report: Optional[PrimaryReport],
+def domain_status(domain: str, summary: Optional[DomainSummary], report: Optional[PrimaryState],
                   last_flush: Optional[FlushEvent], lifetime: Optional[int], now: float,
                   configured: bool = True) -> Dict[str, Any]:
     """One domain's row in the shape of the JSON output (pure)."""
@@ -44,7 +33,7 @@ def domain_status(domain: str, summary: Optional[DomainSummary], report: Optiona
         bounces_in = max(0, lifetime - oldest)
     return {
         "domain": domain,
-        "primary": report.state if report else "unknown",
+        "primary": report.status if report else "unknown",
         "primary_host": report.host if report else "",
         "configured": configured,
         "held_messages": held,
@@ -56,7 +45,7 @@ def domain_status(domain: str, summary: Optional[DomainSummary], report: Optiona
 
 
 def build_status(domains: List[str], summaries: Mapping[str, DomainSummary],
-                 reports: Mapping[str, PrimaryReport], flushes: Mapping[str, FlushEvent],
+                 reports: Mapping[str, PrimaryState], flushes: Mapping[str, FlushEvent],
                  lifetime: Optional[int], now: float,
                  warnings: Optional[List[str]] = None) -> Dict[str, Any]:
     """The whole status document: configured domains first (sorted), then domains that still have
@@ -140,7 +129,7 @@ def collect_status(ctx: CommandContext, probe: bool = True) -> Dict[str, Any]:
         warnings.append(f"ledger {ctx.config.milter.ledger}: {error}")
     lifetime: Optional[int] = None
     try:
-        lifetime = parse_postfix_time(ctx.postfix.parameter("maximal_queue_lifetime"))
+        lifetime = parse_time(ctx.postfix.parameter("maximal_queue_lifetime"), default_unit="d")
     except (PostfixError, KeyError, ValueError) as error:
         warnings.append(f"maximal_queue_lifetime unknown: {error}")
     prober = ctx.probe if probe else not_probed
@@ -175,7 +164,7 @@ def show_status(ctx: CommandContext, as_json: bool = False, probe: bool = True,
                 as_prometheus: bool = False) -> int:
     status = collect_status(ctx, probe)
     if as_prometheus:
-        from backupmx.milter.status_metrics import render_prometheus
+        from backupmx.admin.status_metrics import render_prometheus
         ctx.out.write(render_prometheus(status))
     elif as_json:
         ctx.out.write(json.dumps(status, indent=2, sort_keys=False) + "\n")

@@ -13,8 +13,10 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from backupmx.policyd.config import Config, PrimarySpec
-from backupmx.policyd.listen import ListenAddress
+from backupmx.common.config import Config, PrimarySpec
+from backupmx.common.listen import ListenAddress
+from backupmx.common.postfix_values import (TableLookup, domain_list_matches,
+                                            parent_matches_subdomains, parse_time, split_list)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 WEEK = 7 * 86400
@@ -25,8 +27,6 @@ POLICY_DEFAULT_ACTION_DEFAULT = "451 4.3.5 Server configuration problem"
 MILTER_DEFAULT_ACTION_DEFAULT = "tempfail"
 # A hung policy service stalls every RCPT for timeout x 2 tries.
 POLICY_TIMEOUT_MAX = 30.0
-
-TableLookup = Callable[[str, str], Optional[bool]]  # (table, key) -> found?, None: unknown
 
 
 @dataclass(frozen=True)
@@ -42,43 +42,7 @@ class Result:
         return asdict(self)
 
 
-# ---- Postfix value syntax ---------------------------------------------------------------------
-
-_TIME_RE = re.compile(r"(\d+)([smhdw]?)")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time(text: str, default_unit: str = "s") -> float:
-    """A Postfix time value (``30d``, ``100s``, ``1h30m``, ``5`` in the default unit) in seconds."""
-    text = text.strip().lower()
-    if not text or not _TIME_RE.fullmatch(text) and not re.fullmatch(r"(\d+[smhdw])+", text):
-        raise ValueError(f"{text!r} is not a Postfix time value")
-    total = 0.0
-    for number, unit in _TIME_RE.findall(text):
-        total += int(number) * _UNITS[unit or default_unit]
-    return total
-
-
-def split_list(value: str) -> List[str]:
-    """Split a Postfix list on commas and whitespace, keeping ``{ ... }`` groups as one item."""
-    items: List[str] = []
-    current: List[str] = []
-    depth = 0
-    for char in value:
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth = max(depth - 1, 0)
-        if depth == 0 and (char == "," or char.isspace()):
-            if current:
-                items.append("".join(current))
-                current = []
-            continue
-        current.append(char)
-    if current:
-        items.append("".join(current))
-    return items
-
+# ---- Postfix value syntax (lists and times: common.postfix_values) -------------------------
 
 def group_items(item: str) -> Tuple[str, Dict[str, str]]:
     """``{ inet:h:p, timeout=10s, default_action=DUNNO }`` -> (``inet:h:p``, options)."""
@@ -141,25 +105,6 @@ def _host_key(host: str) -> str:
         return host
 
 
-def in_list(domain: str, value: str, lookup: Optional[TableLookup] = None) -> Optional[bool]:
-    """Is domain listed in a Postfix domain list (names, ``.parent``, ``type:table``)?
-
-    None when the answer depends on a table that could not be queried.
-    """
-    unknown = False
-    for item in split_list(value):
-        lowered = item.lower()
-        if ":" in item or item.startswith("/"):
-            found = lookup(item, domain) if lookup is not None else None
-            if found:
-                return True
-            unknown = unknown or found is None
-        elif lowered.rstrip(".") == domain or (lowered.startswith(".")
-                                              and domain.endswith(lowered)):
-            return True
-    return None if unknown else False
-
-
 # ---- the checks -------------------------------------------------------------------------------
 
 def check_domain_lists(domains: Sequence[str], postconf: Mapping[str, str],
@@ -168,7 +113,8 @@ def check_domain_lists(domains: Sequence[str], postconf: Mapping[str, str],
     results = []
     for domain in domains:
         for name in ("relay_domains", "fast_flush_domains"):
-            found = in_list(domain, postconf.get(name, ""), lookup)
+            found = domain_list_matches(postconf.get(name, ""), domain,
+                                        parent_matches_subdomains(postconf, name), lookup)
             if found:
                 results.append(Result(name, OK, f"{domain} is in {name}"))
             else:
@@ -179,7 +125,8 @@ def check_domain_lists(domains: Sequence[str], postconf: Mapping[str, str],
                                       + (" (or fast_flush_domains = $relay_domains)"
                                          if name == "fast_flush_domains" else "")))
         for name in ("mydestination", "virtual_mailbox_domains", "virtual_alias_domains"):
-            if in_list(domain, postconf.get(name, ""), lookup):
+            if domain_list_matches(postconf.get(name, ""), domain,
+                                   parent_matches_subdomains(postconf, name), lookup):
                 results.append(Result(name, FAIL, f"{domain} is in {name}: Postfix would deliver "
                                       "it here instead of relaying it to the primary",
                                       f"remove {domain} from {name}"))
@@ -397,7 +344,7 @@ def check_dns(domain: str, spec: PrimarySpec, dns: DomainDns, hostname: str) -> 
 
 def check_maps(config: Config, load: Callable[[Config], object]) -> List[Result]:
     """Recipient maps and the allowlist must parse; say which domains no map covers."""
-    from backupmx.policyd.recipients import MapError
+    from backupmx.common.recipient_map import MapError
     try:
         maps = load(config)
     except MapError as error:

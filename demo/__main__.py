@@ -33,7 +33,7 @@ def show_rcpt(lab: BackupMxLab, recipient: str, sender: str = "someone@sender.te
 
 def backupmx(lab: BackupMxLab, *args: str) -> None:
     """Run the admin's command against the demo's configuration and show what it prints."""
-    command = [sys.executable, "-m", "backupmx.milter.command", "-c", str(lab.config_path), *args]
+    command = [sys.executable, "-m", "backupmx.admin.main", "-c", str(lab.config_path), *args]
     print(f"   $ backupmx {' '.join(args)}", flush=True)
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     for line in (result.stdout + result.stderr).splitlines():

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, TextIO
 
 from backupmx.milter.ledger import Ledger
-from backupmx.milter.probe import Prober, probe_primaries
-from backupmx.policyd.config import Config
-from backupmx.policyd.postfix import Postfix
+from backupmx.admin.primaries import Prober, probe_primaries
+from backupmx.common.config import Config
+from backupmx.common.postfix import Postfix
 
 DEFAULT_PROBE_TIMEOUT = 5.0
 

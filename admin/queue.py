@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from backupmx.milter.ledger import HeldRow, Ledger
-from backupmx.milter.recorder import address_domain
+from backupmx.milter.envelope import address_domain
 
 # A row never seen in the queue is only declared gone after this many seconds: the milter records
 # at end-of-message, a moment before Postfix commits the queue file that postqueue can list.

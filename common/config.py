@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
-from backupmx.policyd.listen import ListenAddress, optional_listen, parse_host_port, parse_listen
+from backupmx.common.listen import ListenAddress, optional_listen, parse_host_port, parse_listen
 
 DEFAULT_CONFIG_PATH = "/etc/backupmx/backupmx.conf"
 PRIMARY_UP_ACTIONS = ("defer", "reject", "ignore")

@@ -4,7 +4,7 @@ Each subcommand lives in its own module exposing ``add_arguments(subparsers)`` (
 its parser with ``set_defaults(run=run)``) and ``run(args, config) -> int``. Adding one means
 importing its module and appending it to ``SUBCOMMANDS``.
 
-Exit status: 0 done, 1 refused or failed (the message says why), 2 configuration error.
+Exit status: common.cli's EXIT_* codes.
 """
 from __future__ import annotations
 
@@ -13,21 +13,16 @@ import sys
 from types import ModuleType
 from typing import List, Optional, Sequence
 
-from backupmx.milter import flush, status
-from backupmx.policyd import check, version
-from backupmx.policyd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from backupmx.admin import check, flush, status
+from backupmx.common.cli import load_or_report, parent_parser
 
-EXIT_CONFIG = 2
 SUBCOMMANDS: Sequence[ModuleType] = (status, flush, check)
 
 
 def build_parser(subcommands: Sequence[ModuleType] = SUBCOMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="backupmx",
+        prog="backupmx", parents=[parent_parser()],
         description="What the backup MX holds for each relay domain, and handing it back.")
-    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG_PATH,
-                        help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module in subcommands:
@@ -37,11 +32,9 @@ def build_parser(subcommands: Sequence[ModuleType] = SUBCOMMANDS) -> argparse.Ar
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        print(f"backupmx: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+    config, status = load_or_report("backupmx", args.config)
+    if config is None:
+        return status
     return int(args.run(args, config))
 
 

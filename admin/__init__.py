@@ -1,0 +1,1 @@
+"""backupmx.admin: the admin's ``backupmx`` command and its subcommands."""

@@ -141,7 +141,7 @@ def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[s
                dns: Optional[Mapping[str, DomainDns]], hostname: str,
                lookup: Any = None, load: Any = None) -> List[Result]:
     """Every rule over already gathered facts (pure when ``load`` is a pure function)."""
-    from backupmx.policyd.maps import load_maps
+    from backupmx.common.maps import load_maps
     results = check_domain_lists(list(config.domains), postconf, lookup)
     results += check_policy_service(config, postconf)
     results += check_milter(config, postconf)

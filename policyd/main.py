@@ -10,7 +10,7 @@ from backupmx.common import version
 from backupmx.common.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, parent_parser
 from backupmx.common.config import Config, ConfigError, load_config
 from backupmx.common.recipient_map import MapError
-from backupmx.policyd.maps import load_maps
+from backupmx.common.maps import load_maps
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

@@ -20,7 +20,7 @@ from backupmx.policyd.codec import Request
 from backupmx.common.config import Config, ConfigError, load_config
 from backupmx.policyd.decision import Decision, Policy, decide
 from backupmx.policyd.decision_log import DecisionLog
-from backupmx.policyd.maps import LoadedMaps, file_signature, load_maps, map_paths, recipient_delimiter
+from backupmx.common.maps import LoadedMaps, file_signature, load_maps, map_paths, recipient_delimiter
 from backupmx.policyd.primary_monitor import PrimaryMonitor
 from backupmx.common.recipient_map import MapError, RecipientMap, release_in_steps
 

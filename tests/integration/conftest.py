@@ -23,13 +23,6 @@ def require_postfix() -> None:
         pytest.fail("the integration tests start a private Postfix instance: run them as root")
 
 
-def pytest_collection_modifyitems(items: list) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.integration)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackupMxLab]:
     """One relay domain, example.test, with policyd attached; primary stopped."""

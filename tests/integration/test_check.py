@@ -15,7 +15,7 @@ ZONE_SERVER = """
 import sys
 from twisted.internet import reactor
 from twisted.names import dns
-from tests.unit.test_check_dns import fake_dns
+from tests.harness.dns_server import fake_dns
 records = [
     ("example.test", dns.Record_MX(10, b"mx1.example.test")),
     ("example.test", dns.Record_MX(20, b"backupmx.test")),

@@ -12,8 +12,8 @@ from backupmx.admin.flush import (EXIT_OK, EXIT_REFUSED, FlushRefused, choose_au
                                    lock_path)
 from backupmx.milter.ledger import DomainSummary, Ledger
 from backupmx.admin.primaries import PrimaryState
-from tests.unit.milter_fakes import FakeClock, FakePostfix, ScriptedProber, make_context
-from tests.unit.test_ledger import record
+from tests.harness.command_fakes import FakeClock, FakePostfix, ScriptedProber, make_context
+from tests.harness.command_fakes import record
 
 
 def test_fix_names_the_instance() -> None:

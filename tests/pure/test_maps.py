@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from backupmx.common.config import Config, parse_config
-from backupmx.policyd.maps import file_signature, load_maps, map_paths, recipient_delimiter
+from backupmx.common.maps import file_signature, load_maps, map_paths, recipient_delimiter
 from backupmx.common.recipient_map import MapError
 
 

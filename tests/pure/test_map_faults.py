@@ -12,7 +12,7 @@ from typing import Any, List
 
 from twisted.logger import LogLevel
 
-from tests.unit.test_service import Setup, events, make_service, messages, rcpt, rewrite
+from tests.harness.service_setup import Setup, make_service, messages, rcpt, rewrite
 
 __all__ = ["events"]  # the log capturing fixture, shared with the service tests
 

@@ -6,7 +6,7 @@ from typing import Dict, List
 import pytest
 
 from backupmx.policyd.codec import ProtocolError, RequestDecoder, encode_reply
-from tests.unit.policy_streams import READ_SIZES, ROWS, Row, chunks, small
+from tests.harness.policy_streams import READ_SIZES, ROWS, Row, chunks, small
 
 
 def replay(row: Row, size: int) -> "tuple[List[Dict[str, str]], bool, RequestDecoder]":

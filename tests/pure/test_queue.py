@@ -10,7 +10,7 @@ import pytest
 from backupmx.milter.ledger import FLUSHED, LEFT, HeldRow, Ledger
 from backupmx.admin.queue import (QueueFormatError, QueueSnapshot, compare, parse_queue,
                                    reconcile)
-from tests.unit.test_ledger import record
+from tests.harness.command_fakes import record
 
 DATA = Path(__file__).parent.parent / "data"
 

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backupmx.policyd.metrics import PolicydMetrics
 from backupmx.policyd.protocol import PolicyFactory
-from tests.unit.test_service import Setup, make_service, rcpt, rewrite
+from tests.harness.service_setup import Setup, make_service, rcpt, rewrite
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 

@@ -19,10 +19,10 @@ except ImportError:  # Twisted before 19.7 (not Debian 12's 22.4, but cheap to k
 
 from backupmx.common.smtp_probe import PrimaryState
 from backupmx.policyd.decision import Policy, decide
-from tests.unit.test_decision import States
+from tests.harness.primary_states import States
 from backupmx.policyd.protocol import PolicyFactory, PolicyProtocol
 from backupmx.common.recipient_map import RecipientMap
-from tests.unit.policy_streams import (
+from tests.harness.policy_streams import (
     POSTFIX_RCPT, READ_SIZES, ROWS, Row, chunks, encode, small,
 )
 

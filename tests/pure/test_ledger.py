@@ -16,16 +16,7 @@ from backupmx.milter import ledger as ledger_module
 from backupmx.milter.journal import Journal, parse_journal
 from backupmx.milter.ledger import (MIGRATIONS, SCHEMA_VERSION, Ledger, LedgerError, connect,
                                     migrate)
-from backupmx.milter.envelope import MessageRecord
-
-
-def record(queue_id: str = "Q1", received_at: float = 100.0, size: int = 1000,
-           **recipients: str) -> MessageRecord:
-    grouped = {d.replace("_", "."): tuple(r.split(",")) for d, r in recipients.items()} or \
-        {"a.test": ("alice@a.test",)}
-    return MessageRecord(queue_id=queue_id, received_at=received_at, sender="s@outside.test",
-                         size=size, client_addr="192.0.2.1", client_name="mx.outside.test",
-                         helo="helo.outside.test", recipients=grouped)
+from tests.harness.command_fakes import record
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """Test doubles for the backupmx command: a Postfix whose queue is a list, a scripted prober."""
 from __future__ import annotations
 
+from backupmx.milter.envelope import MessageRecord
+
 import io
 import json
 import subprocess
@@ -96,3 +98,12 @@ def make_context(tmp_path: Path, postfix: FakePostfix, prober: ScriptedProber,
     return CommandContext(config=make_config(tmp_path), postfix=postfix,  # type: ignore[arg-type]
                           probe=prober, probe_timeout=1.0, clock=clock, sleep=clock.sleep,
                           out=io.StringIO(), err=io.StringIO())
+
+
+def record(queue_id: str = "Q1", received_at: float = 100.0, size: int = 1000,
+           **recipients: str) -> MessageRecord:
+    grouped = {d.replace("_", "."): tuple(r.split(",")) for d, r in recipients.items()} or \
+        {"a.test": ("alice@a.test",)}
+    return MessageRecord(queue_id=queue_id, received_at=received_at, sender="s@outside.test",
+                         size=size, client_addr="192.0.2.1", client_name="mx.outside.test",
+                         helo="helo.outside.test", recipients=grouped)

@@ -10,6 +10,7 @@ from backupmx.policyd.decision import (
     split_recipient,
 )
 from backupmx.common.smtp_probe import PrimaryState
+from tests.harness.primary_states import States
 from backupmx.common.sender_networks import parse_sender_networks
 from backupmx.common.recipient_map import parse_recipient_lines, RecipientMap
 
@@ -35,13 +36,6 @@ DOMAINS = frozenset({"example.test", "catchall.test", "unmapped.test"})
 
 def snapshot(action: str = "defer", recipients: Optional[RecipientMap] = MAP) -> Policy:
     return Policy(DOMAINS, recipients, NETWORKS, action)
-
-
-class States(Dict[str, PrimaryState]):
-    """Fixed primary states, answering like PrimaryMonitor.state (freshness is its job)."""
-
-    def state(self, domain: str, now: float) -> PrimaryState:
-        return self.get(domain, PrimaryState("unknown"))
 
 
 def rcpt(recipient: str, sender: str = "someone@far.test",

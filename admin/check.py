@@ -9,12 +9,22 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from backupmx.admin.setup_checks import (FAIL, OK, WARN, DomainDns, Result, check_dns,
-                                     check_domain_lists, check_flush_service, check_maps,
-                                     check_milter, check_policy_service, check_queue_lifetime)
+from backupmx.admin.setup_checks import (
+    FAIL,
+    OK,
+    WARN,
+    DomainDns,
+    Result,
+    check_dns,
+    check_domain_lists,
+    check_flush_service,
+    check_maps,
+    check_milter,
+    check_policy_service,
+    check_queue_lifetime,
+)
 from backupmx.common.config import Config, PrimarySpec
 from backupmx.common.postfix import Postfix, PostfixError, parse_postconf
 

@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TextIO
 
-from backupmx.milter.ledger import Ledger
 from backupmx.admin.primaries import Prober, probe_primaries
 from backupmx.common.config import Config
 from backupmx.common.postfix import Postfix
+from backupmx.milter.ledger import Ledger
 
 DEFAULT_PROBE_TIMEOUT = 5.0
 

@@ -12,19 +12,18 @@ import argparse
 import errno
 import fcntl
 import os
-import re
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Mapping, Optional
-from contextlib import contextmanager
 
 from backupmx.admin.context import CommandContext
-from backupmx.milter.ledger import DomainSummary, LedgerError
 from backupmx.admin.primaries import UP, PrimaryState
 from backupmx.admin.queue import QueueFormatError, QueueSnapshot, reconcile
 from backupmx.common.config import Config
 from backupmx.common.postfix import PostfixError
 from backupmx.common.postfix_values import domain_list_matches, parent_matches_subdomains
+from backupmx.milter.ledger import DomainSummary, LedgerError
 
 DEFAULT_WAIT = 30.0
 POLL_INTERVAL = 0.2

@@ -28,7 +28,7 @@ def probe_primaries(domains: Mapping[str, PrimarySpec], timeout: float,
         return {}
     from twisted.internet import defer, reactor
 
-    from backupmx.common.smtp_probe import probe_primary
+    from backupmx.common.smtp_probe import ProbeResult, probe_primary
 
     reports: Dict[str, PrimaryState] = {}
 
@@ -37,7 +37,7 @@ def probe_primaries(domains: Mapping[str, PrimarySpec], timeout: float,
         for domain, spec in domains.items():
             now = reactor.seconds()
 
-            def keep(result, domain=domain, now=now):  # type: ignore[no-untyped-def]
+            def keep(result: ProbeResult, domain: str = domain, now: float = now) -> None:
                 status = UNKNOWN if result.error else (UP if result.up else DOWN)
                 reports[domain] = PrimaryState(status, result.host or str(domains[domain]),
                                                now, None, result.error)

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
-from backupmx.milter.ledger import HeldRow, Ledger
 from backupmx.milter.envelope import address_domain
+from backupmx.milter.ledger import HeldRow, Ledger
 
 # A row never seen in the queue is only declared gone after this many seconds: the milter records
 # at end-of-message, a moment before Postfix commits the queue file that postqueue can list.
@@ -140,7 +140,7 @@ class Reconciliation:
 def compare(rows: Sequence[HeldRow], snapshot: QueueSnapshot, now: float,
             grace: float = UNSEEN_GRACE_SECONDS) -> Reconciliation:
     """Pure decision: which held rows left the queue, which messages are seen in it for the first
-    time. A row never seen queued and younger than ``grace`` stays held (see UNSEEN_GRACE_SECONDS)."""
+    time. A row never seen queued and younger than ``grace`` stays held (UNSEEN_GRACE_SECONDS)."""
     gone: List[Tuple[int, str]] = []
     seen: List[int] = []
     still: Dict[str, int] = {}

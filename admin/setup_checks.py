@@ -10,13 +10,19 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from backupmx.common.config import Config, PrimarySpec
 from backupmx.common.listen import ListenAddress
-from backupmx.common.postfix_values import (TableLookup, domain_list_matches,
-                                            parent_matches_subdomains, parse_time, split_list)
+from backupmx.common.maps import LoadedMaps
+from backupmx.common.postfix_values import (
+    TableLookup,
+    domain_list_matches,
+    parent_matches_subdomains,
+    parse_time,
+    split_list,
+)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 WEEK = 7 * 86400
@@ -277,7 +283,7 @@ class DomainDns:
 
     mx: Tuple[Tuple[int, str], ...]  # (preference, exchange) as found
     error: str = ""  # why the MX lookup failed, if it did
-    addresses: Mapping[str, Tuple[str, ...]] = None  # type: ignore[assignment]  # host -> IPs
+    addresses: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)  # host -> IPs
 
 
 def _norm(name: str) -> str:
@@ -337,12 +343,13 @@ def check_dns(domain: str, spec: PrimarySpec, dns: DomainDns, hostname: str) -> 
     else:
         results.append(Result(f"primary {domain}", FAIL, f"policyd probes {spec} "
                               f"({', '.join(sorted(probed)) or 'unresolved'}) but the primary MX "
-                              f"{', '.join(primaries)} has {', '.join(sorted(published)) or 'no address'}",
+                              f"{', '.join(primaries)} has "
+                              f"{', '.join(sorted(published)) or 'no address'}",
                               f"set [domains] {domain} = mx, or the primary's address"))
     return results
 
 
-def check_maps(config: Config, load: Callable[[Config], object]) -> List[Result]:
+def check_maps(config: Config, load: Callable[[Config], "LoadedMaps"]) -> List[Result]:
     """Recipient maps and the allowlist must parse; say which domains no map covers."""
     from backupmx.common.recipient_map import MapError
     try:
@@ -350,7 +357,7 @@ def check_maps(config: Config, load: Callable[[Config], object]) -> List[Result]
     except MapError as error:
         return [Result("maps", FAIL, f"a map does not parse: {error}",
                        "fix the named line; policyd keeps its last good map until then")]
-    recipients = getattr(maps, "recipients")
+    recipients = maps.recipients
     results = [Result("maps", OK, f"{len(recipients)} recipient keys from "
                       f"{', '.join(config.policyd.recipients)}"
                       + (", sender networks parse" if config.policyd.sender_networks else ""))]

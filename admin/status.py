@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sqlite3
 from typing import Any, Dict, List, Mapping, Optional
 
 from backupmx.admin.context import CommandContext
-from backupmx.milter.ledger import DomainSummary, FlushEvent, LedgerError
 from backupmx.admin.primaries import PrimaryState, not_probed
 from backupmx.admin.queue import QueueFormatError, QueueSnapshot, reconcile
 from backupmx.common.config import Config
 from backupmx.common.postfix import PostfixError
 from backupmx.common.postfix_values import parse_time
+from backupmx.milter.ledger import DomainSummary, FlushEvent, LedgerError
+
 
 def domain_status(domain: str, summary: Optional[DomainSummary], report: Optional[PrimaryState],
                   last_flush: Optional[FlushEvent], lifetime: Optional[int], now: float,

@@ -4,8 +4,9 @@ It frames lines exactly like a policy server must (delimiter LF, reply on the em
 difference between it and backupmx-policyd is the cost of decoding, deciding and logging.
 Listens on 127.0.0.1, port 0, and prints the chosen port on stdout once it accepts connections.
 
-With ``--writethrough`` it sends its replies the way policyd does (``backupmx.policyd.writethrough``:
-at once when nothing is queued): a second baseline that isolates what policyd's own logic costs.
+With ``--writethrough`` it sends its replies the way policyd does
+(``backupmx.policyd.writethrough``: at once when nothing is queued): a second baseline that
+isolates what policyd's own logic costs.
 """
 from __future__ import annotations
 

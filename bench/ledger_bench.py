@@ -25,12 +25,12 @@ from typing import Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backupmx.admin.context import CommandContext  # noqa: E402
-from backupmx.milter.ledger import Ledger  # noqa: E402
 from backupmx.admin.primaries import not_probed  # noqa: E402
 from backupmx.admin.queue import QueueSnapshot, reconcile  # noqa: E402
-from backupmx.milter.envelope import MessageRecord  # noqa: E402
 from backupmx.admin.status import show_status  # noqa: E402
 from backupmx.common.config import parse_config  # noqa: E402
+from backupmx.milter.envelope import MessageRecord  # noqa: E402
+from backupmx.milter.ledger import Ledger  # noqa: E402
 
 DOMAINS = ("a.test", "b.test", "c.test", "d.test")
 

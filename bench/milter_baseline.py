@@ -22,8 +22,7 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness.daemons import (Daemon, milter_argv, spawn,  # noqa: E402
-                                   wait_for_unix_socket)
+from tests.harness.daemons import Daemon, milter_argv, spawn, wait_for_unix_socket  # noqa: E402
 from tests.harness.lab import BackupMxLab  # noqa: E402
 
 KINDS = ("no milter", "null pymilter", "backupmx-milter")

@@ -64,7 +64,8 @@ def check_answers(port: int, users_per_domain: int) -> None:
         action = servers.ask(port, request)
         expected = workload.expected_action(case)
         if not action.startswith(expected):
-            raise SystemExit(f"policyd answered {action!r} to a {case} request, expected {expected}")
+            raise SystemExit(f"policyd answered {action!r} to a {case} request, "
+                             f"expected {expected}")
         seen[case] = action
     for case, action in seen.items():
         print(f"  check {case:22} -> {action}")
@@ -167,7 +168,8 @@ def main() -> int:
                         print(f"  run {repeat + 1} {server.name:8} {connections:3} conn: "
                               f"{result['rps']:8,.0f} req/s  p50 {result['p50_ms']:.2f} ms  "
                               f"p99 {result['p99_ms']:.2f} ms  server CPU "
-                              f"{result['server_cpu']:.0%} ({result['cpu_us']:.1f} us/req)  generator CPU "
+                              f"{result['server_cpu']:.0%} ({result['cpu_us']:.1f} us/req)  "
+                              "generator CPU "
                               f"{result['generator_cpu']:.0%}", flush=True)
             report(results, levels, [server.name for server in compared])
         finally:

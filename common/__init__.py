@@ -9,7 +9,8 @@ probe module, which is Twisted by nature.
 
 def version() -> str:
     """The installed distribution's version (one source of truth: setup.cfg)."""
-    from importlib.metadata import PackageNotFoundError, version as distribution_version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as distribution_version
     try:
         return distribution_version("backupmx")
     except PackageNotFoundError:  # running from a bare checkout

@@ -19,7 +19,7 @@ EXIT_CONFIG = 2
 
 
 def parent_parser() -> argparse.ArgumentParser:
-    """An ``add_help=False`` parser with ``-c/--config`` and ``--version``, for ``parents=[...]``."""
+    """A parser with ``-c/--config`` and ``--version`` only, for ``parents=[...]``."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG_PATH,
                         help=f"configuration file (default {DEFAULT_CONFIG_PATH})")

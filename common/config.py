@@ -237,11 +237,11 @@ def _section_values(path: str, name: str, entries: Mapping[str, _Entry]) -> Dict
             known = ", ".join(schema)
             raise ConfigError(f"{path}:{entry.line}: [{name}] {key}: unknown key (known: {known})")
     for key, (parse, default) in schema.items():
-        entry = entries.get(key)
+        found = entries.get(key)
         try:
-            values[key] = parse(entry.value if entry else default)
+            values[key] = parse(found.value if found else default)
         except ValueError as error:
-            where = f"{path}:{entry.line}" if entry else f"{path}: (default)"
+            where = f"{path}:{found.line}" if found else f"{path}: (default)"
             raise ConfigError(f"{where}: [{name}] {key}: {error}") from None
     return values
 
@@ -271,9 +271,9 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         milter["journal"] = f"{milter['ledger']}.journal"
     return Config(
         path=path,
-        policyd=PolicydConfig(**policyd),  # type: ignore[arg-type]
-        milter=MilterConfig(**milter),  # type: ignore[arg-type]
-        postfix=PostfixConfig(**postfix),  # type: ignore[arg-type]
+        policyd=PolicydConfig(**policyd),  # type: ignore[arg-type]  # values typed by SCHEMA parsers
+        milter=MilterConfig(**milter),  # type: ignore[arg-type]  # (ditto)
+        postfix=PostfixConfig(**postfix),  # type: ignore[arg-type]  # (ditto)
         domains=_domains(path, sections.get("domains", {})),
     )
 

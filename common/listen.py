@@ -29,7 +29,7 @@ class ListenAddress:
         return f"inet:{host}:{self.port}"
 
     def libmilter_socket(self) -> str:
-        """The socket string libmilter's smfi_setconn expects (inet:PORT@HOST, inet6:..., unix:PATH)."""
+        """The socket string of libmilter's smfi_setconn: inet:PORT@HOST, inet6:..., unix:PATH."""
         if self.kind == "unix":
             return f"unix:{self.path}"
         family = "inet6" if ":" in self.host else "inet"

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from backupmx.common.config import Config
-from backupmx.common.sender_networks import SenderNetworks, load_sender_networks
 from backupmx.common.postfix import Postfix, PostfixError
 from backupmx.common.recipient_map import RecipientMap, load_recipient_map
+from backupmx.common.sender_networks import SenderNetworks, load_sender_networks
 
 Signature = Tuple[Tuple[str, object], ...]
 
@@ -34,7 +34,7 @@ def map_paths(config: Config) -> Tuple[str, ...]:
 
 def file_signature(paths: Tuple[str, ...]) -> Signature:
     """What changes when a file is rewritten, replaced or removed; cheap to compare."""
-    signature = []
+    signature: List[Tuple[str, object]] = []
     for path in paths:
         try:
             stat = os.stat(path)

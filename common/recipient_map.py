@@ -9,7 +9,18 @@ relay_recipient_maps, any value means "valid"). A lookup of ``user+tag@domain`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AbstractSet, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import (
+    AbstractSet,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Set,
+    Tuple,
+)
 
 
 class MapError(ValueError):
@@ -135,7 +146,8 @@ def load_recipient_map(paths: Iterable[str], delimiters: str = "",
         except OSError as error:
             raise MapError(f"{path}: cannot read: {error.strerror}") from None
         except UnicodeDecodeError as error:
-            raise MapError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+            raise MapError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})"
+                           ) from None
         # domain by domain, freeing each temporary set at once: one free of them all at the end
         # would be a single long stretch holding the GIL (about 1 us per address)
         for domain in list(file_users):

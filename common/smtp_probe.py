@@ -32,7 +32,7 @@ class PrimaryState:
     """What is known of a domain's primary MX at one moment.
 
     ``status`` is ``up``, ``down`` or ``unknown``; ``host`` names the host that greeted (up) or
-    the hosts tried (down), in Postfix's ``[host]:port`` form; ``checked_at`` and ``changed_at``
+    the hosts tried (down); ``checked_at`` and ``changed_at``
     are Unix seconds (None when never); ``error`` is a configuration problem found by the probe
     (null MX, this host as MX), shown by the log and ``backupmx check``.
     """
@@ -131,7 +131,8 @@ def mx_hosts(domain: str, answers: Sequence[Any]) -> List[str]:
 
 
 def _bracket(host: str, port: int) -> str:
-    return f"[{host}]:{port}"
+    # the bare host: it is what the deferral tells a sending client ("Primary MX HOST is up")
+    return host
 
 
 def probe_hosts(reactor: Any, hosts: Sequence[str], port: int,

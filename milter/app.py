@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, ClassVar, Collection, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, FrozenSet, Optional
 
 import Milter
 
@@ -19,26 +20,32 @@ from backupmx.milter.envelope import Envelope, bare_address, build_record, clean
 log = logging.getLogger("backupmx.milter")
 
 
+@dataclass(frozen=True)
+class MilterSettings:
+    """What every connection's milter shares: the ledger (``record(MessageRecord)``), the
+    relay domains (lower-case) and the clock (Unix seconds)."""
+
+    ledger: Any
+    domains: FrozenSet[str]
+    clock: Callable[[], float] = time.time
+
+
+def milter_factory(ledger: Any, domains: Collection[str],
+                   clock: Callable[[], float] = time.time) -> Callable[[], "LedgerMilter"]:
+    """What ``Milter.factory`` must be: a callable making one LedgerMilter per connection."""
+    settings = MilterSettings(ledger, frozenset(d.lower() for d in domains), clock)
+    return lambda: LedgerMilter(settings)
+
+
 class LedgerMilter(Milter.Base):
     """One instance per SMTP connection (libmilter calls it from that connection's thread)."""
 
-    # Set once by ``configure`` before the milter runs; shared by every connection.
-    ledger: ClassVar[Any] = None
-    domains: ClassVar[Collection[str]] = frozenset()
-    clock: ClassVar[Callable[[], float]] = time.time
-
-    def __init__(self) -> None:
+    def __init__(self, settings: MilterSettings) -> None:
+        self.settings = settings
         self.client_addr = ""
         self.client_name = ""
         self.helo = ""
         self.envelope: Optional[Envelope] = None
-
-    @classmethod
-    def configure(cls, ledger: Any, domains: Collection[str],
-                  clock: Callable[[], float] = time.time) -> None:
-        cls.ledger = ledger
-        cls.domains = frozenset(d.lower() for d in domains)
-        cls.clock = staticmethod(clock)  # type: ignore[assignment]
 
     def negotiate(self, opts: list) -> int:
         """Standard negotiation of callbacks, but ask for no modification actions at all."""
@@ -107,7 +114,9 @@ class LedgerMilter(Milter.Base):
         return clean_text(value) if value else None
 
     def _record(self, queue_id: Optional[str], envelope: Envelope) -> None:
-        record = build_record(queue_id, envelope, self.domains, self.clock(), self.client_addr,
+        settings = self.settings
+        record = build_record(queue_id, envelope, settings.domains, settings.clock(),
+                              self.client_addr,
                               self.client_name, self.helo)
         if record is None:
             return
@@ -115,7 +124,7 @@ class LedgerMilter(Milter.Base):
             log.error("no queue id ({i} macro) at end of message from %s for %s: recorded "
                       "without one; check milter_end_of_data_macros", self.client_addr,
                       ", ".join(r for rcpts in record.recipients.values() for r in rcpts))
-        self.ledger.record(record)
+        settings.ledger.record(record)
 
     def abort(self) -> int:
         """The client gave up on this message (RSET, QUIT or a lost connection)."""

@@ -19,8 +19,8 @@ import threading
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
-from backupmx.milter.journal import Journal
 from backupmx.milter.envelope import MessageRecord
+from backupmx.milter.journal import Journal
 
 log = logging.getLogger("backupmx.milter.ledger")
 
@@ -372,7 +372,8 @@ class Ledger:
                 "INSERT INTO flush_events (domain, trigger, forced, primary_state, started_at,"
                 " held_before) VALUES (?, ?, ?, ?, ?, ?)",
                 (domain, trigger, int(forced), primary_state, now, held_before))
-            return int(cursor.lastrowid)
+            assert cursor.lastrowid is not None  # an INSERT always sets it
+            return cursor.lastrowid
 
     def finish_flush(self, flush_id: int, delivered: int, remaining: int, result: str,
                      detail: str, now: float) -> None:

@@ -11,12 +11,15 @@ import logging
 import os
 import sqlite3
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from backupmx.common import version
 from backupmx.common.cli import EXIT_FAILED, EXIT_OK, load_or_report, parent_parser
 from backupmx.common.config import Config
 from backupmx.common.daemon import journald_stream, syslog_prefix
+
+if TYPE_CHECKING:  # the ledger module is imported only when the milter runs
+    from backupmx.milter.ledger import Ledger
 
 MILTER_NAME = "backupmx"
 
@@ -62,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run(config)
 
 
-def open_ledger(config: Config):  # type: ignore[no-untyped-def]
+def open_ledger(config: Config) -> "Ledger":
     """The ledger, written once now so a problem is logged at start (and the journal replayed)."""
     from backupmx.milter.ledger import Ledger, LedgerError
 
@@ -81,16 +84,15 @@ def open_ledger(config: Config):  # type: ignore[no-untyped-def]
 def run(config: Config) -> int:
     """Drop privileges, open the ledger, serve until libmilter is told to stop."""
     import Milter
-    import milter as libmilter
 
-    from backupmx.milter.app import LedgerMilter
+    import milter as libmilter
     from backupmx.common.daemon import drop_privileges, remove_stale_socket
+    from backupmx.milter.app import milter_factory
 
     settings = config.milter
     dropped = drop_privileges(settings.user)
     ledger = open_ledger(config)
-    LedgerMilter.configure(ledger, config.domains)
-    Milter.factory = LedgerMilter
+    Milter.factory = milter_factory(ledger, config.domains)
     if settings.listen.kind == "unix":
         remove_stale_socket(settings.listen.path)
         # libmilter creates the socket with the process umask: make it give the configured mode.

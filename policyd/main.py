@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from backupmx.common import version
 from backupmx.common.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, parent_parser
 from backupmx.common.config import Config, ConfigError, load_config
-from backupmx.common.recipient_map import MapError
+from backupmx.common.listen import ListenAddress
 from backupmx.common.maps import load_maps
+from backupmx.common.recipient_map import MapError
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -77,7 +78,7 @@ def run(config: Config) -> int:
              "{count} recipient keys{dropped}", version=version(),
              address=daemon.bound_address(port, settings.listen), domains=len(config.domains),
              count=len(service.maps.recipients), dropped=f", {dropped}" if dropped else "")
-    if metrics_port is not None:
+    if metrics_port is not None and settings.metrics is not None:
         log.info("Prometheus metrics on {address}",
                  address=daemon.bound_address(metrics_port, settings.metrics))
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload))
@@ -89,7 +90,8 @@ def run(config: Config) -> int:
     return EXIT_OK
 
 
-def _serve_metrics(reactor, address, service, factory):  # type: ignore[no-untyped-def]
+def _serve_metrics(reactor: Any, address: Optional[ListenAddress], service: Any,
+                   factory: Any) -> Any:
     """Serve Prometheus metrics when ``[policyd] metrics`` is set; the listening port or None."""
     if address is None:
         return None

@@ -15,8 +15,12 @@ import time
 from bisect import bisect_left
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily)
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
 from backupmx.policyd.codec import Request
 from backupmx.policyd.decision import Decision
@@ -154,10 +158,10 @@ def serve(reactor: Any, address: Any, metrics: PolicydMetrics) -> Any:
     from prometheus_client.twisted import MetricsResource
     from twisted.web.server import Site
 
-    from backupmx.policyd.logs import listen
+    from backupmx.common.daemon import listen
     site = Site(MetricsResource(metrics.registry))
     site.noisy = False
-    site.log = lambda request: None  # type: ignore[assignment]  # no access log per scrape
+    site.log = lambda request: None  # no access log per scrape
     return listen(reactor, address, site)
 
 

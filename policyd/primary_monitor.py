@@ -16,8 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from backupmx.common.config import PrimarySpec
-from backupmx.common.smtp_probe import (DOWN, UNKNOWN, UP, PrimaryState, ProbeResult,
-                                         probe_primary)
+from backupmx.common.smtp_probe import DOWN, UNKNOWN, UP, PrimaryState, ProbeResult, probe_primary
 
 _UNKNOWN = PrimaryState(UNKNOWN)
 

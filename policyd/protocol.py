@@ -72,7 +72,7 @@ class PolicyProtocol(Protocol, TimeoutMixin):
     def _peer(self) -> str:
         peer = self.transport.getPeer() if self.transport else None
         host = getattr(peer, "host", None)
-        return f"{host}:{peer.port}" if host else "unix socket"
+        return f"{host}:{getattr(peer, 'port', '')}" if host else "unix socket"
 
 
 class PolicyFactory(Factory):

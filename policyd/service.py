@@ -1,9 +1,9 @@
 """policyd's running state: the current policy, the responder, and reloads.
 
 ``PolicyService.respond`` is the request path: one ``decide`` call on the current policy and the
-primary monitor's states, one log line when the answer is not a plain accept. Reloads (SIGHUP, or a map file
-whose mtime changed) are built entirely in a worker thread and swapped in with one assignment;
-a failed reload logs why and keeps the last good state.
+primary monitor's states, one log line when the answer is not a plain accept. Reloads (SIGHUP, or
+a map file whose mtime changed) are built entirely in a worker thread and swapped in with one
+assignment; a failed reload logs why and keeps the last good state.
 """
 from __future__ import annotations
 
@@ -16,13 +16,19 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from backupmx.policyd.codec import Request
 from backupmx.common.config import Config, ConfigError, load_config
+from backupmx.common.maps import (
+    LoadedMaps,
+    file_signature,
+    load_maps,
+    map_paths,
+    recipient_delimiter,
+)
+from backupmx.common.recipient_map import MapError, RecipientMap, release_in_steps
+from backupmx.policyd.codec import Request
 from backupmx.policyd.decision import Decision, Policy, decide
 from backupmx.policyd.decision_log import DecisionLog
-from backupmx.common.maps import LoadedMaps, file_signature, load_maps, map_paths, recipient_delimiter
 from backupmx.policyd.primary_monitor import PrimaryMonitor
-from backupmx.common.recipient_map import MapError, RecipientMap, release_in_steps
 
 DecisionObserver = Callable[[Request, Decision], None]
 

@@ -30,7 +30,7 @@ def writer_for(transport: Any) -> Write:
     """The fastest correct way to write replies on this transport."""
     if (not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False)
             or not all(hasattr(transport, name) for name in _QUEUE_STATE)):
-        return transport.write  # type: ignore[no-any-return]
+        return transport.write
 
     queue_write = transport.write
     send = transport.writeSomeData

@@ -1,8 +1,6 @@
 """Test doubles for the backupmx command: a Postfix whose queue is a list, a scripted prober."""
 from __future__ import annotations
 
-from backupmx.milter.envelope import MessageRecord
-
 import io
 import json
 import subprocess
@@ -13,6 +11,7 @@ from backupmx.admin.context import CommandContext
 from backupmx.admin.primaries import PrimaryState
 from backupmx.common.config import Config, parse_config
 from backupmx.common.postfix import PostfixError
+from backupmx.milter.envelope import MessageRecord
 
 
 class FakePostfix:

@@ -89,7 +89,8 @@ def start_notifying(argv: List[str], log_path: Path, timeout: float = 30.0,
                 except socket.timeout:
                     pass
                 if not daemon.alive():
-                    raise DaemonError(f"{argv[0]} exited with {process.returncode}:\n{daemon.log()}")
+                    raise DaemonError(f"{argv[0]} exited with {process.returncode}:\n"
+                                      f"{daemon.log()}")
             daemon.kill()
             raise DaemonError(f"{argv} not ready within {timeout} s:\n{daemon.log()}")
         finally:

@@ -158,7 +158,8 @@ def test_kill_milter_mid_burst_loses_no_accepted_record(lab: BackupMxLab) -> Non
     lab.postfix.reload()
     for domain in (A, B):
         lab.primary(domain).stop()  # else policyd sends the clients to the primary (450)
-        eventually(lambda: lab.rcpt(f"alice@{domain}")[0], lambda code: code == 250)
+        eventually(lambda domain=domain: lab.rcpt(f"alice@{domain}")[0],
+                   lambda code: code == 250)
     if lab.milter is None or not lab.milter.alive():
         lab.start_milter()
     accepted: List[str] = []
@@ -192,7 +193,8 @@ def test_kill_milter_mid_burst_loses_no_accepted_record(lab: BackupMxLab) -> Non
     in_ledger = ledger_queue_ids(lab)
     logged = accepted_in_maillog(lab.postfix.maillog())
     assert len(accepted) >= 40 and refused, refused[:3]
-    print(f"burst: {len(accepted)} accepted, {len(refused)} refused, {len(in_ledger - logged)} recorded but not queued; first refusal: {refused[0]}")
+    print(f"burst: {len(accepted)} accepted, {len(refused)} refused, "
+          f"{len(in_ledger - logged)} recorded but not queued; first refusal: {refused[0]}")
     assert set(accepted) <= logged
     # Every message Postfix queued in this lab, before, during and after the kill, is recorded.
     assert not logged - in_ledger, f"accepted but not recorded: {sorted(logged - in_ledger)}"

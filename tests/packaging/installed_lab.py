@@ -12,7 +12,6 @@ check; exits 1 if any failed.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import smtplib
@@ -23,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -79,7 +78,8 @@ def read_unit(name: str) -> Dict[str, str]:
 
 def unit_command(unit: Dict[str, str]) -> List[str]:
     """argv that runs ExecStart as the unit's user, groups and umask, like systemd does."""
-    groups = ",".join([unit.get("Group", unit["User"]), *unit.get("SupplementaryGroups", "").split()])
+    groups = ",".join([unit.get("Group", unit["User"]),
+                       *unit.get("SupplementaryGroups", "").split()])
     umask = unit.get("UMask", "0022")
     setpriv = ["setpriv", f"--reuid={unit['User']}", f"--regid={unit.get('Group', unit['User'])}",
                f"--groups={groups}"]

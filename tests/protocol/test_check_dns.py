@@ -1,10 +1,10 @@
 """``backupmx check`` DNS facts through twisted.names, against a local fake DNS server."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
-from twisted.internet import defer, reactor
-from twisted.names import authority, client, dns, server
+from twisted.internet import defer
+from twisted.names import client, dns
 from twisted.trial import unittest
 
 from backupmx.admin.check import gather_dns

@@ -12,7 +12,11 @@ from twisted.trial import unittest
 
 from backupmx.common import daemon as runtime
 from backupmx.common.listen import (
-    DEFAULT_UNIX_MODE, ListenAddress, optional_listen, parse_host_port, parse_listen,
+    DEFAULT_UNIX_MODE,
+    ListenAddress,
+    optional_listen,
+    parse_host_port,
+    parse_listen,
 )
 
 
@@ -126,7 +130,7 @@ class ListenForRealTests(unittest.TestCase):
         try:
             port = yield self._listen("inet:[::1]:0")
         except Exception as error:  # noqa: BLE001 - a host without IPv6 loopback
-            raise unittest.SkipTest(f"no IPv6 loopback: {error}")
+            raise unittest.SkipTest(f"no IPv6 loopback: {error}") from error
         self.assertEqual(port.getHost().host, "::1")
 
     @defer.inlineCallbacks

@@ -17,14 +17,20 @@ try:
 except ImportError:  # Twisted before 19.7 (not Debian 12's 22.4, but cheap to keep)
     from twisted.test.proto_helpers import StringTransport  # type: ignore[no-redef]
 
+from backupmx.common.recipient_map import RecipientMap
 from backupmx.common.smtp_probe import PrimaryState
 from backupmx.policyd.decision import Policy, decide
-from tests.harness.primary_states import States
 from backupmx.policyd.protocol import PolicyFactory, PolicyProtocol
-from backupmx.common.recipient_map import RecipientMap
 from tests.harness.policy_streams import (
-    POSTFIX_RCPT, READ_SIZES, ROWS, Row, chunks, encode, small,
+    POSTFIX_RCPT,
+    READ_SIZES,
+    ROWS,
+    Row,
+    chunks,
+    encode,
+    small,
 )
+from tests.harness.primary_states import States
 
 
 class Recorder:

@@ -8,15 +8,20 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 import pytest
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 from twisted.trial import unittest
 
 from backupmx.common.config import PrimarySpec
-from backupmx.common.smtp_probe import (ConfigurationProblem, ProbeResult, mx_hosts,
-                                         probe_primary, probe_smtp)
+from backupmx.common.smtp_probe import (
+    ConfigurationProblem,
+    ProbeResult,
+    mx_hosts,
+    probe_primary,
+    probe_smtp,
+)
 
 
 def mx(preference: int, name: str) -> dns.RRHeader:
@@ -168,20 +173,6 @@ class FakeResolver:
         return defer.succeed((self.table[name], [], []))
 
 
-class FakeResolver:
-    """lookupMailExchange answering from a table; a missing name is NXDOMAIN."""
-
-    def __init__(self, table: "dict[str, List[Any]]") -> None:
-        self.table = table
-        self.lookups: List[str] = []
-
-    def lookupMailExchange(self, name: str, timeout: Any = None) -> defer.Deferred:
-        self.lookups.append(name)
-        if name not in self.table:
-            return defer.fail(DNSNameError(name))
-        return defer.succeed((self.table[name], [], []))
-
-
 class ProbePrimaryTests(unittest.TestCase):
     """probe_primary: the MX set probed as a sender would, on loopback servers (127.0.0.x)."""
 
@@ -196,7 +187,7 @@ class ProbePrimaryTests(unittest.TestCase):
     def test_fixed_host(self) -> Any:
         _, port = self.serve(b"220 up\r\n")
         result = yield probe_primary(reactor, "a.test", PrimarySpec("127.0.0.1", port), 5)
-        self.assertEqual(result, ProbeResult(True, f"[127.0.0.1]:{port}"))
+        self.assertEqual(result, ProbeResult(True, "127.0.0.1"))
 
     @defer.inlineCallbacks
     def test_equal_preference_hosts_first_down_second_up_is_up(self) -> Any:
@@ -207,7 +198,7 @@ class ProbePrimaryTests(unittest.TestCase):
         for _ in range(2):  # whatever the answer order, the state is the same
             result = yield probe_primary(reactor, "set.test", PrimarySpec(None, port), 5,
                                          resolver)
-            self.assertEqual(result, ProbeResult(True, f"[127.0.0.3]:{port}"))
+            self.assertEqual(result, ProbeResult(True, "127.0.0.3"))
             resolver.table["set.test"].reverse()
 
     @defer.inlineCallbacks
@@ -216,7 +207,7 @@ class ProbePrimaryTests(unittest.TestCase):
         self.serve(b"220 backup\r\n", "127.0.0.4", port)  # a higher preference: not primary
         resolver = FakeResolver({"set.test": [mx(10, "127.0.0.2"), mx(20, "127.0.0.4")]})
         result = yield probe_primary(reactor, "set.test", PrimarySpec(None, port), 5, resolver)
-        self.assertEqual(result, ProbeResult(False, f"[127.0.0.2]:{port}"))
+        self.assertEqual(result, ProbeResult(False, "127.0.0.2"))
 
     @defer.inlineCallbacks
     def test_null_mx_is_reported_as_an_error_not_as_down(self) -> Any:

@@ -7,9 +7,19 @@ import pytest
 
 from backupmx.admin import setup_checks as checks
 from backupmx.admin.check import parse_nameserver, render_json, render_text, run_checks
-from backupmx.admin.setup_checks import (FAIL, OK, WARN, DomainDns, check_dns, check_domain_lists,
-                                     check_flush_service, check_milter, check_policy_service,
-                                     check_queue_lifetime, restrictions)
+from backupmx.admin.setup_checks import (
+    FAIL,
+    OK,
+    WARN,
+    DomainDns,
+    check_dns,
+    check_domain_lists,
+    check_flush_service,
+    check_milter,
+    check_policy_service,
+    check_queue_lifetime,
+    restrictions,
+)
 from backupmx.common.config import PrimarySpec, parse_config
 from backupmx.common.recipient_map import MapError
 
@@ -250,7 +260,8 @@ def test_json_and_text_reports() -> None:
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("127.0.0.1:5353", ("127.0.0.1", 5353)), ("[::1]:53", ("::1", 53)), ("10.0.0.1", ("10.0.0.1", 53)),
+    ("127.0.0.1:5353", ("127.0.0.1", 5353)), ("[::1]:53", ("::1", 53)),
+    ("10.0.0.1", ("10.0.0.1", 53)),
 ])
 def test_nameserver_option(text: str, expected: tuple) -> None:
     assert parse_nameserver(text) == expected

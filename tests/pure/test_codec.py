@@ -76,7 +76,8 @@ def test_encode_reply(action: str, wire: bytes) -> None:
 
 # ---- properties: the split of the stream never changes the outcome ---------------------------
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 _names = st.text(st.characters(blacklist_characters="=\n\r", blacklist_categories=("Cs",)),
                  min_size=1, max_size=12)

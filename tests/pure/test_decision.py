@@ -5,14 +5,20 @@ from typing import Dict, Optional
 
 import pytest
 
+from backupmx.common.recipient_map import RecipientMap, parse_recipient_lines
+from backupmx.common.sender_networks import parse_sender_networks
+from backupmx.common.smtp_probe import PrimaryState
 from backupmx.policyd.decision import (
-    DUNNO, OUTCOMES, ROUTING_REFUSED, UNKNOWN_USER, Policy, decide, primary_action,
+    DUNNO,
+    OUTCOMES,
+    ROUTING_REFUSED,
+    UNKNOWN_USER,
+    Policy,
+    decide,
+    primary_action,
     split_recipient,
 )
-from backupmx.common.smtp_probe import PrimaryState
 from tests.harness.primary_states import States
-from backupmx.common.sender_networks import parse_sender_networks
-from backupmx.common.recipient_map import parse_recipient_lines, RecipientMap
 
 NOW = 1_000_000.0
 DEFER_PREFIX = "DEFER_IF_PERMIT 4.7.1 "
@@ -263,7 +269,8 @@ def test_primary_action_wording() -> None:
 
 # ---- property: decide never raises, whatever Postfix (or a fuzzer) sends ---------------------
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 _pieces = st.sampled_from(["alice", "ALICE", "+", "%", "!", "@", "\"", ":", ",", "<", ">", ".",
                            "example.test", "catchall.test", "unmapped.test", " ", "\ufffd", ""])

@@ -1,8 +1,15 @@
 """What the milter records: relay recipients only, sizes, addresses, journal form."""
 from __future__ import annotations
 
-from backupmx.milter.envelope import (Envelope, MessageRecord, address_domain, bare_address,
-                                      build_record, clean_text, relay_recipients)
+from backupmx.milter.envelope import (
+    Envelope,
+    MessageRecord,
+    address_domain,
+    bare_address,
+    build_record,
+    clean_text,
+    relay_recipients,
+)
 
 DOMAINS = frozenset({"a.test", "b.test"})
 

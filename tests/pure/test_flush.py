@@ -7,13 +7,20 @@ from typing import Iterator, Tuple
 import pytest
 
 from backupmx.admin.context import CommandContext
-from backupmx.admin.flush import (EXIT_OK, EXIT_REFUSED, FlushRefused, choose_auto,
-                                   fast_flush_fix, flush_command, flush_domain, flush_lock,
-                                   lock_path)
-from backupmx.milter.ledger import DomainSummary, Ledger
+from backupmx.admin.flush import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    FlushRefused,
+    choose_auto,
+    fast_flush_fix,
+    flush_command,
+    flush_domain,
+    flush_lock,
+    lock_path,
+)
 from backupmx.admin.primaries import PrimaryState
-from tests.harness.command_fakes import FakeClock, FakePostfix, ScriptedProber, make_context
-from tests.harness.command_fakes import record
+from backupmx.milter.ledger import DomainSummary, Ledger
+from tests.harness.command_fakes import FakeClock, FakePostfix, ScriptedProber, make_context, record
 
 
 def test_fix_names_the_instance() -> None:

@@ -1,4 +1,4 @@
-"""Ledger: schema and migrations, records, and the journal fallback when SQLite cannot be written."""
+"""Ledger: schema and migrations, records, and the journal fallback when SQLite fails."""
 from __future__ import annotations
 
 import logging
@@ -14,8 +14,7 @@ import pytest
 
 from backupmx.milter import ledger as ledger_module
 from backupmx.milter.journal import Journal, parse_journal
-from backupmx.milter.ledger import (MIGRATIONS, SCHEMA_VERSION, Ledger, LedgerError, connect,
-                                    migrate)
+from backupmx.milter.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, LedgerError, connect, migrate
 from tests.harness.command_fakes import record
 
 
@@ -279,7 +278,8 @@ def test_read_only_ledger_goes_to_journal_then_replays() -> None:
         shutil.rmtree(top)
 
 
-def test_concurrent_records_share_one_commit(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_records_share_one_commit(ledger: Ledger,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     batches = []
     original = Ledger.write
 

@@ -14,8 +14,6 @@ from twisted.logger import LogLevel
 
 from tests.harness.service_setup import Setup, make_service, messages, rcpt, rewrite
 
-__all__ = ["events"]  # the log capturing fixture, shared with the service tests
-
 UNKNOWN = "550 5.1.1 "
 
 

@@ -10,7 +10,7 @@ from Milter.testctx import TestCtx
 
 TestCtx.__test__ = False  # pytest: not a test class
 
-from backupmx.milter.app import LedgerMilter
+from backupmx.milter.app import LedgerMilter, MilterSettings, milter_factory
 from backupmx.milter.envelope import MessageRecord
 
 NO_REPLY_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT
@@ -46,8 +46,8 @@ class FakeLedger:
 @pytest.fixture
 def ledger(monkeypatch: pytest.MonkeyPatch) -> FakeLedger:
     fake = FakeLedger()
-    LedgerMilter.configure(fake, ["a.test", "B.test"], clock=lambda: 1000.0)
-    monkeypatch.setattr(Milter, "factory", LedgerMilter)
+    monkeypatch.setattr(Milter, "factory",
+                        milter_factory(fake, ["a.test", "B.test"], clock=lambda: 1000.0))
     # TestCtx treats NOREPLY as "stop here"; offer an MTA without no-reply support, so the
     # @noreply callbacks answer CONTINUE (what they do with MTAs that cannot skip replies).
     monkeypatch.setattr(TestCtx, "default_opts",
@@ -131,7 +131,7 @@ def test_never_modifies_anything(ledger: FakeLedger) -> None:
 
 
 def test_negotiation_asks_no_actions_skips_unused_callbacks_and_replies() -> None:
-    milter = LedgerMilter()
+    milter = LedgerMilter(MilterSettings(None, frozenset()))
     milter._setctx(None)
     opts = [Milter.CURR_ACTS, 0x1fffff, 0, 0]
     assert milter.negotiate(opts) == Milter.CONTINUE

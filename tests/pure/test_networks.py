@@ -5,8 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from backupmx.common.sender_networks import SenderNetworks, load_sender_networks, parse_sender_networks
 from backupmx.common.recipient_map import MapError
+from backupmx.common.sender_networks import (
+    SenderNetworks,
+    load_sender_networks,
+    parse_sender_networks,
+)
 
 RULES = """
 # our own outbound relays may send as anyone of ours

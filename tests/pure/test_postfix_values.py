@@ -10,8 +10,12 @@ from typing import Optional
 
 import pytest
 
-from backupmx.common.postfix_values import (domain_list_matches, parent_matches_subdomains,
-                                            parse_time, split_list)
+from backupmx.common.postfix_values import (
+    domain_list_matches,
+    parent_matches_subdomains,
+    parse_time,
+    split_list,
+)
 
 
 @pytest.mark.parametrize("text, unit, seconds", [

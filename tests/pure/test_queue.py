@@ -7,9 +7,8 @@ from typing import Iterator
 
 import pytest
 
+from backupmx.admin.queue import QueueFormatError, QueueSnapshot, compare, parse_queue, reconcile
 from backupmx.milter.ledger import FLUSHED, LEFT, HeldRow, Ledger
-from backupmx.admin.queue import (QueueFormatError, QueueSnapshot, compare, parse_queue,
-                                   reconcile)
 from tests.harness.command_fakes import record
 
 DATA = Path(__file__).parent.parent / "data"

@@ -7,7 +7,11 @@ from typing import List
 import pytest
 
 from backupmx.common.recipient_map import (
-    MapError, RecipientMap, load_recipient_map, logical_lines, parse_recipient_lines,
+    MapError,
+    RecipientMap,
+    load_recipient_map,
+    logical_lines,
+    parse_recipient_lines,
 )
 
 
@@ -162,14 +166,15 @@ def test_parse_lines_directly_reports_source() -> None:
 
 # ---- property: however the file is laid out, the map holds exactly its keys -------------------
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 _label = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=8)
 _domain = st.builds(lambda a, b: f"{a}.{b}", _label,
                     st.sampled_from(["test", "example", "invalid"]))
 _local = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", min_size=1,
                  max_size=10)
-_key = st.one_of(st.builds(lambda l, d: f"{l}@{d}", _local, _domain),
+_key = st.one_of(st.builds(lambda local, d: f"{local}@{d}", _local, _domain),
                  st.builds(lambda d: f"@{d}", _domain))
 _layout = st.sampled_from([" OK", "\tOK", "  \t OK", "\n OK", "\n\tOK x", " OK\n# note",
                            " OK\n\n", " OK\r"])

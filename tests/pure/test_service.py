@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List
+from typing import List
 
 import pytest
 from twisted.internet import defer
 from twisted.logger import LogLevel
 
-from tests.harness.service_setup import (ManualThreads, Setup, make_service, messages, rcpt,
-                                         rewrite)
+from tests.harness.service_setup import ManualThreads, Setup, make_service, messages, rcpt, rewrite
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from backupmx.admin.main import build_parser, main
-from backupmx.milter.ledger import DomainSummary, FlushEvent, Ledger
 from backupmx.admin.primaries import PrimaryState
 from backupmx.admin.status import build_status, render_table, show_status
-from tests.harness.command_fakes import FakeClock, FakePostfix, ScriptedProber, make_context
-from tests.harness.command_fakes import record
+from backupmx.milter.ledger import DomainSummary, FlushEvent, Ledger
+from tests.harness.command_fakes import FakeClock, FakePostfix, ScriptedProber, make_context, record
 
 
 def flush_event() -> FlushEvent:

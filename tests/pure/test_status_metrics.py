@@ -34,10 +34,15 @@ def test_status_as_prometheus_text() -> None:
 
 
 def test_status_command_prints_prometheus_text(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from backupmx.milter.ledger import Ledger
     from backupmx.admin.status import show_status
-    from tests.harness.command_fakes import FakeClock, FakePostfix, ScriptedProber, make_context
-    from tests.harness.command_fakes import record
+    from backupmx.milter.ledger import Ledger
+    from tests.harness.command_fakes import (
+        FakeClock,
+        FakePostfix,
+        ScriptedProber,
+        make_context,
+        record,
+    )
     postfix = FakePostfix()
     ctx = make_context(tmp_path, postfix, ScriptedProber({"a.test": "up"}), FakeClock(1000.0))
     ledger = Ledger(ctx.config.milter.ledger)

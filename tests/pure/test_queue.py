@@ -126,7 +126,7 @@ def test_fast_snapshot_agrees_with_the_full_parse(name: str) -> None:
     assert QueueSnapshot.from_text(text) == QueueSnapshot.from_messages(parse_queue(text))
 
 
-def test_scanner_is_not_fooled_by_keys_inside_strings() -> None:
+def test_keys_inside_strings_do_not_fool_the_snapshot() -> None:
     line = json.dumps({
         "queue_name": "deferred", "queue_id": "ABC123",
         "sender": 'x"queue_id": "EVIL", {"address": "y@b.test"}',

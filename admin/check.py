@@ -25,6 +25,7 @@ from backupmx.admin.setup_checks import (
     check_policy_service,
     check_queue_lifetime,
 )
+from backupmx.common.addresses import normalize_domain
 from backupmx.common.config import Config, PrimarySpec
 from backupmx.common.postfix import Postfix, PostfixError, parse_postconf
 
@@ -95,11 +96,11 @@ def gather_dns(resolver: Any, domains: Mapping[str, PrimarySpec], timeout: float
             answers, _, _ = await resolver.lookupMailExchange(domain, timeout=(timeout,))
         except Exception as error:  # noqa: BLE001 (reported as the reason for "no MX")
             return DomainDns(mx=(), error=type(error).__name__, addresses={})
-        mx = tuple((r.payload.preference, str(r.payload.name).lower().rstrip("."))
+        mx = tuple((r.payload.preference, normalize_domain(str(r.payload.name)))
                    for r in answers if hasattr(r.payload, "preference"))
         hosts = {host for _, host in mx}
         if spec.host is not None and not _is_ip(spec.host):
-            hosts.add(spec.host.lower().rstrip("."))
+            hosts.add(normalize_domain(spec.host))
         resolved = {host: await addresses(host) for host in sorted(hosts)}
         return DomainDns(mx=mx, addresses=resolved)
 

@@ -20,6 +20,7 @@ from typing import Any, Iterator, List, Mapping, Optional
 from backupmx.admin.context import CommandContext
 from backupmx.admin.primaries import UP, PrimaryState
 from backupmx.admin.queue import QueueFormatError, QueueSnapshot, reconcile
+from backupmx.common.addresses import normalize_domain
 from backupmx.common.config import Config
 from backupmx.common.postfix import PostfixError
 from backupmx.common.postfix_values import domain_list_matches, parent_matches_subdomains
@@ -225,7 +226,7 @@ def flush_command(ctx: CommandContext, domain: Optional[str], auto: bool, force:
             if auto:
                 return flush_auto(ctx, wait)
             assert domain is not None
-            outcome = flush_domain(ctx, domain.lower().rstrip("."), force, wait)
+            outcome = flush_domain(ctx, normalize_domain(domain), force, wait)
             print(outcome.describe(), file=ctx.out)
             return EXIT_OK if outcome.result != "failed" else EXIT_REFUSED
     except FlushRefused as refusal:

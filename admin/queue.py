@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
-from backupmx.milter.envelope import address_domain
+from backupmx.common.addresses import address_domain
 from backupmx.milter.ledger import HeldRow, Ledger
 
 # A row never seen in the queue is only declared gone after this many seconds: the milter records
@@ -89,9 +89,8 @@ class QueueSnapshot:
                 continue
             try:
                 data = loads(line)
-                found = {address_domain(str(r["address"])) for r in data.get("recipients", ())}
-                found.discard(None)
-                key = frozenset(found)
+                found = (address_domain(str(r["address"])) for r in data.get("recipients", ()))
+                key = frozenset(domain for domain in found if domain)
                 domains_by_id[str(data["queue_id"])] = interned.setdefault(key, key)
             except (ValueError, KeyError, TypeError, AttributeError) as error:
                 raise QueueFormatError(f"postqueue -j line {number}: {error}: {line[:200]!r}"

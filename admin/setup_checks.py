@@ -13,6 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
+from backupmx.common.addresses import normalize_domain
 from backupmx.common.config import Config, PrimarySpec
 from backupmx.common.listen import ListenAddress
 from backupmx.common.maps import LoadedMaps
@@ -286,8 +287,7 @@ class DomainDns:
     addresses: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)  # host -> IPs
 
 
-def _norm(name: str) -> str:
-    return name.lower().rstrip(".")
+_norm = normalize_domain
 
 
 def probed_addresses(spec: PrimarySpec, dns: DomainDns) -> Set[str]:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
+from backupmx.common.addresses import normalize_domain
 from backupmx.common.listen import ListenAddress, optional_listen, parse_host_port, parse_listen
 
 DEFAULT_CONFIG_PATH = "/etc/backupmx/backupmx.conf"
@@ -249,7 +250,7 @@ def _section_values(path: str, name: str, entries: Mapping[str, _Entry]) -> Dict
 def _domains(path: str, entries: Mapping[str, _Entry]) -> Dict[str, PrimarySpec]:
     domains: Dict[str, PrimarySpec] = {}
     for domain, entry in entries.items():
-        domain = domain.rstrip(".")
+        domain = normalize_domain(domain)
         if not _DOMAIN_RE.match(domain):
             raise ConfigError(f"{path}:{entry.line}: [domains] {domain}: not a domain name")
         if domain in domains:

@@ -22,6 +22,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
 
+from backupmx.common.addresses import normalize_domain
 from backupmx.common.config import PrimarySpec
 
 UP, DOWN, UNKNOWN = "up", "down", "unknown"
@@ -118,7 +119,7 @@ def mx_hosts(domain: str, answers: Sequence[Any]) -> List[str]:
     records = [r.payload for r in answers if hasattr(getattr(r, "payload", None), "preference")]
     if not records:
         return [domain]
-    names = [(record.preference, str(record.name).rstrip(".").lower()) for record in records]
+    names = [(record.preference, normalize_domain(str(record.name))) for record in records]
     if any(not name for _, name in names):
         raise ConfigurationProblem(f"{domain} has a null MX record (RFC 7505): it accepts no "
                                    "mail, so it cannot be relayed by a backup MX")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple
 
+from backupmx.common.addresses import address_domain
+
 
 def clean_text(value: Any) -> str:
     """Text safe to store: pymilter hands undecodable bytes over as lone surrogates (or bytes)."""
@@ -28,14 +30,6 @@ def bare_address(value: Any) -> str:
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
     return text.strip()
-
-
-def address_domain(address: str) -> Optional[str]:
-    """The lower-case domain of an address, without a trailing dot; None if there is no domain."""
-    local, sep, domain = address.rpartition("@")
-    if not sep or not domain:
-        return None
-    return domain.rstrip(".").lower() or None
 
 
 @dataclass(frozen=True)

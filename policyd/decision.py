@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import FrozenSet, Mapping, NamedTuple, Optional, Protocol
 
+from backupmx.common.addresses import split_address
 from backupmx.common.recipient_map import RecipientMap
 from backupmx.common.sender_networks import SenderNetworks
 from backupmx.common.smtp_probe import DOWN, UNKNOWN, PrimaryState
@@ -61,14 +62,6 @@ OUTCOMES = (
 )
 
 
-def split_recipient(recipient: str) -> "tuple[str, str]":
-    """``User@Example.TEST.`` -> (``user``, ``example.test``); no domain gives ("...", "")."""
-    local, at, domain = recipient.strip().strip("<>").lower().rpartition("@")
-    if not at:
-        return domain, ""
-    return local, domain.rstrip(".")
-
-
 def _has_routing(local: str) -> bool:
     # three substring tests, not any() over a generator: this runs for most requests
     return "@" in local or "%" in local or "!" in local
@@ -91,7 +84,7 @@ def decide(
     """Decide one policy request. Only RCPT-time requests for our domains are judged."""
     if request.get("protocol_state", "").upper() != "RCPT":
         return Decision(DUNNO, "other_state")
-    local, domain = split_recipient(request.get("recipient", ""))
+    local, domain = split_address(request.get("recipient", ""))
     if domain not in policy.domains:
         return Decision(DUNNO, "not_ours", domain)
     if _has_routing(local):

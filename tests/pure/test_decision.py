@@ -5,6 +5,7 @@ from typing import Dict, Optional
 
 import pytest
 
+from backupmx.common.addresses import split_address
 from backupmx.common.recipient_map import RecipientMap, parse_recipient_lines
 from backupmx.common.sender_networks import parse_sender_networks
 from backupmx.common.smtp_probe import PrimaryState
@@ -16,7 +17,6 @@ from backupmx.policyd.decision import (
     Policy,
     decide,
     primary_action,
-    split_recipient,
 )
 from tests.harness.primary_states import States
 
@@ -258,8 +258,8 @@ def test_every_outcome_is_declared() -> None:
     ("a@b@c.test", ("a@b", "c.test")),
     ("", ("", "")),
 ])
-def test_split_recipient(text: str, expected: "tuple[str, str]") -> None:
-    assert split_recipient(text) == expected
+def test_split_address(text: str, expected: "tuple[str, str]") -> None:
+    assert split_address(text) == expected
 
 
 def test_primary_action_wording() -> None:

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, List, Optional
 
+from backupmx.common.policy_client import read_reply
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 READY_TIMEOUT = 120.0
 _LISTENING = re.compile(r"listening on inet:127\.0\.0\.1:(\d+)")
@@ -137,10 +139,4 @@ def ask(port: int, request: bytes) -> str:
     """One request on a fresh connection; the action text of the reply."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
-        reply = b""
-        while not reply.endswith(b"\n\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise RuntimeError("policyd closed the connection without a reply")
-            reply += chunk
-    return reply.decode().strip().partition("=")[2]
+        return read_reply(sock)

@@ -10,6 +10,8 @@ import random
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
+from backupmx.common.policy_client import encode_request
+
 #: relay domains whose primary is down (closed local port): valid recipients get DUNNO.
 DOWN_DOMAINS = ("example.test", "example.net.test", "shop.example.test", "lists.example.test")
 #: the relay domain whose primary answers 220: valid recipients get DEFER_IF_PERMIT.
@@ -132,10 +134,6 @@ def _request(rng: random.Random, corpus: Corpus, case: str, serial: int) -> Dict
         "encryption_keysize": "256" if tls else "0",
         "policy_context": "",
     }
-
-
-def encode_request(attributes: Dict[str, str]) -> bytes:
-    return "".join(f"{k}={v}\n" for k, v in attributes.items()).encode() + b"\n"
 
 
 def make_requests(corpus: Corpus, count: int, seed: int = 2) -> List[Tuple[str, bytes]]:

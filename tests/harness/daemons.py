@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from backupmx.common.policy_client import read_reply
+
 
 class DaemonError(RuntimeError):
     pass
@@ -161,11 +163,5 @@ def start_unix_milter(config_path: Path, log_path: Path, path: Path,
 
 
 def policy_reply(sock: socket.socket) -> bytes:
-    """Read one policy reply (up to its empty line) from a connected socket."""
-    reply = b""
-    while not reply.endswith(b"\n\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("policyd closed the connection without a reply")
-        reply += chunk
-    return reply
+    """Read one policy reply from a connected socket, as the bytes ``action=...\n\n``."""
+    return f"action={read_reply(sock)}\n\n".encode()

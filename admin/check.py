@@ -27,6 +27,7 @@ from backupmx.admin.setup_checks import (
 )
 from backupmx.common.addresses import normalize_domain
 from backupmx.common.config import Config, PrimarySpec
+from backupmx.common.listen import split_host_port
 from backupmx.common.postfix import Postfix, PostfixError, parse_postconf
 
 DNS_TIMEOUT = 5.0
@@ -48,14 +49,14 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def parse_nameserver(text: str) -> Tuple[str, int]:
-    """``HOST:PORT``, ``[V6]:PORT`` or ``HOST`` (port 53)."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else 53
-    host, sep, port = text.rpartition(":")
-    if sep and ":" not in host and port.isdigit():
-        return host, int(port)
-    return text, 53
+    """``HOST:PORT``, ``[V6]:PORT``, ``HOST`` or a bare IPv6 address (port 53); ValueError."""
+    try:
+        ipaddress.ip_address(text)
+        return text, 53  # a bare IPv6 address, as resolv.conf writes it
+    except ValueError:
+        pass
+    host, port, _ = split_host_port(text, 53)
+    return host, port
 
 
 # ---- facts ------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from backupmx.common.addresses import normalize_domain
 from backupmx.common.config import Config, PrimarySpec
-from backupmx.common.listen import ListenAddress
+from backupmx.common.listen import ListenAddress, split_host_port
 from backupmx.common.maps import LoadedMaps
 from backupmx.common.postfix_values import (
     TableLookup,
@@ -92,8 +92,11 @@ def socket_key(text: str, queue_directory: str = "") -> Tuple[str, str]:
     if kind == "unix":
         path = rest if rest.startswith("/") else os.path.join(queue_directory, rest)
         return "unix", os.path.normpath(path)
-    host, _, port = rest.rpartition(":")
-    return "inet", f"{_host_key(host.strip('[]'))}:{port}"
+    try:
+        host, port, _ = split_host_port(rest, None)
+    except ValueError:
+        return "inet", rest  # not comparable: it will not match any listen address
+    return "inet", f"{_host_key(host)}:{port}"
 
 
 def listen_key(address: ListenAddress) -> Tuple[str, str]:

@@ -59,23 +59,38 @@ def _parse_unix(rest: str, text: str) -> ListenAddress:
 
 
 def _parse_inet(rest: str, text: str) -> ListenAddress:
-    host, port_text = _split_host_port(rest, text)
-    return ListenAddress("inet", host=host, port=_parse_port(port_text, text))
-
-
-def _split_host_port(rest: str, text: str) -> "tuple[str, str]":
     if rest.startswith("["):
-        host, sep, port_text = rest[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"{text!r}: expected [IPv6]:PORT")
-        _check_ip(host, text)
-        return host, port_text
-    host, sep, port_text = rest.rpartition(":")
+        _check_ip(rest[1:].partition("]")[0], text)
+    host, port, bracketed = split_host_port(rest, None, text)
+    return ListenAddress("inet", host=host, port=port)
+
+
+def split_host_port(text: str, default_port: Optional[int],
+                    what: Optional[str] = None) -> "tuple[str, int, bool]":
+    """``host:port``, ``[host]:port``, ``[IPv6]:port``, and with a default port also ``host``
+    and ``[host]`` -> (host, port, bracketed). The one host-and-port syntax of backupmx.
+
+    An IPv6 address must be in brackets (``[::1]:53``). Raises ValueError naming ``what``
+    (default: the text) when the port is missing, not a number or out of 0-65535.
+    """
+    what = what if what is not None else text
+    if text.startswith("["):
+        host, sep, tail = text[1:].partition("]")
+        if not sep or not host:
+            raise ValueError(f"{what!r}: expected [HOST]:PORT")
+        if not tail and default_port is not None:
+            return host, default_port, True
+        if not tail.startswith(":"):
+            raise ValueError(f"{what!r}: expected [HOST]:PORT")
+        return host, _parse_port(tail[1:], what), True
+    host, sep, port_text = text.rpartition(":")
+    if not sep and default_port is not None and text:
+        return text, default_port, False
     if not sep or not host:
-        raise ValueError(f"{text!r}: expected HOST:PORT")
+        raise ValueError(f"{what!r}: expected HOST:PORT")
     if ":" in host:
-        raise ValueError(f"{text!r}: write IPv6 addresses in brackets, inet:[::1]:PORT")
-    return host, port_text
+        raise ValueError(f"{what!r}: write IPv6 addresses in brackets, [::1]:PORT")
+    return host, _parse_port(port_text, what), False
 
 
 def _check_ip(host: str, text: str) -> None:
@@ -93,16 +108,9 @@ def _parse_port(port_text: str, text: str) -> int:
 
 def parse_host_port(text: str, default_port: int) -> "tuple[str, int]":
     """Parse a Postfix-style next hop ``[host]:port`` or ``[host]`` (brackets: no MX lookup)."""
-    if not text.startswith("["):
+    if not text.startswith("[") or "]" not in text[1:] or text.startswith("[]"):
         raise ValueError(f"{text!r}: expected [HOST]:PORT, [HOST] or mx")
-    host, sep, tail = text[1:].partition("]")
-    if not sep or not host:
-        raise ValueError(f"{text!r}: expected [HOST]:PORT, [HOST] or mx")
-    if not tail:
-        return host, default_port
-    if not tail.startswith(":"):
-        raise ValueError(f"{text!r}: expected [HOST]:PORT")
-    port = _parse_port(tail[1:], text)
+    host, port, _ = split_host_port(text, default_port)
     if port == 0:
         raise ValueError(f"{text!r}: port 0 is not a primary MX port")
     return host, port

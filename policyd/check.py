@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from backupmx.policyd.checks import (FAIL, OK, WARN, DomainDns, Result, check_dns,
                                      check_domain_lists, check_flush_service, check_maps,
-                                     check_milter, check_policy_service, check_queue_lifetime)
+                                     check_milter, check_policy_service, check_queue_lifetime,
+                                     check_restriction_bypass)
 from backupmx.policyd.config import Config, PrimarySpec
 from backupmx.policyd.postfix import Postfix, PostfixError, parse_postconf
 
@@ -144,6 +145,7 @@ def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[s
     from backupmx.policyd.maps import load_maps
     results = check_domain_lists(list(config.domains), postconf, lookup)
     results += check_policy_service(config, postconf)
+    results += check_restriction_bypass(config, postconf)
     results += check_milter(config, postconf)
     results += check_queue_lifetime(postconf)
     results += check_flush_service(services)

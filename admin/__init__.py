@@ -1,0 +1,1 @@
+"""backupmx's admin command (``backupmx``): status, flush, check and their rules."""

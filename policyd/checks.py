@@ -420,6 +420,8 @@ def check_maps(config: Config, load: Callable[[Config], object]) -> List[Result]
     results = [Result("maps", OK, f"{len(recipients)} recipient keys from "
                       f"{', '.join(config.policyd.recipients)}"
                       + (", sender networks parse" if config.policyd.sender_networks else ""))]
+    for warning in getattr(maps, "warnings", ()):
+        results.append(Result("maps", WARN, warning, "edit the named file as the warning says"))
     for domain in config.domains:
         if not recipients.covers(domain):
             results.append(Result("maps", WARN, f"no recipient map covers {domain}: every "

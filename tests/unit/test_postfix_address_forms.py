@@ -125,3 +125,18 @@ def test_host_bits_on_reload_keep_the_last_good_networks(tmp_path: Path,
     assert service.last_reload[0] is False
     assert any(f"{setup.networks}:line 2: non-null host address bits in '10.1.2.77/16'" in m
                for m in messages(events, LogLevel.error))
+
+
+def test_check_shows_the_map_warnings(tmp_path: Path) -> None:
+    from backupmx.policyd import checks
+    from backupmx.policyd.config import parse_config
+    from backupmx.policyd.maps import load_maps
+    recipients = tmp_path / "relay_recipients"
+    recipients.write_bytes('\ufeffalice@example.test OK\n"plain"@example.test OK\n'
+                           .encode("utf-8"))
+    config = parse_config(f"[policyd]\nrecipients = {recipients}\nrecipient_delimiter = +\n"
+                          "[domains]\nexample.test = [192.0.2.10]:25\n")
+    results = checks.check_maps(config, load_maps)
+    assert [r.status for r in results] == ["ok", "warn", "warn"]
+    assert "byte-order mark" in results[1].message
+    assert "'\"plain\"@example.test' does not match the address" in results[2].message

@@ -144,3 +144,4 @@ def test_unix_socket_policy_is_recognised() -> None:
                                                 "permit_mx_backup, reject_unauth_destination, "
                                                 "check_policy_service unix:private/backupmx"})
     assert [r.status for r in results] == [FAIL, WARN]
+

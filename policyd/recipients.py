@@ -9,8 +9,8 @@ relay_recipient_maps, any value means "valid"). A lookup of ``user+tag@domain`` 
 Keys and lookups follow Postfix 3.7 (measured with ``postmap -s``/``-q`` and a private Postfix's
 ``relay_recipient_maps``; tests/integration/test_postfix_addresses.py repeats the measurement):
 
-- A key ends at the first whitespace outside double quotes (a backslash escapes the next character),
-  so ``"odd user"@example.test OK`` is one key; a line with an unbalanced quote is an error
+- A key ends at the first whitespace outside double quotes (a backslash escapes the next
+  character), so ``"odd user"@example.test OK`` is one key; a line with an unbalanced quote is an error
   (postmap warns and skips it). Keys are case-folded whole (``Straße`` is ``strasse``) and kept
   literally otherwise: no quote is removed and no trailing dot dropped.
 - Postfix hands policyd the recipient in its internal, unquoted form (``odd user@example.test``)
@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import AbstractSet, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import (AbstractSet, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional,
+                    Set, Tuple)
 
 
 class MapError(ValueError):
@@ -43,7 +44,7 @@ class RecipientMap:
     catch_all: FrozenSet[str] = frozenset()  # domains whose every recipient is valid
     delimiters: str = ""
     sources: Tuple[str, ...] = ()
-    #: one line each, naming file and line: keys Postfix never matches, a dropped BOM
+    #: one line each, naming the file: a dropped BOM, keys not matching what they seem to name
     warnings: Tuple[str, ...] = ()
     #: some local part is quoted (starts with "): only then can a quoted lookup match
     quoted_keys: bool = False
@@ -231,9 +232,10 @@ def parse_recipient_lines(
     """Parse one map file's lines into (domain -> local parts, catch-all domains).
 
     Local parts and domains are the key's text, case-folded. ``quoted_domains`` (when given)
-    receives the domains with a quoted local part (one starting with ``"``). Keys that Postfix never matches
-    are kept (they match exactly what they match in Postfix) and reported in ``warnings`` (when
-    given), one line each naming file and line, at most MAX_KEY_WARNINGS per file.
+    receives the domains with a quoted local part (one starting with ``"``). Keys that do not
+    match the address they seem to name are kept (they match exactly what they match in
+    Postfix) and reported in ``warnings`` (when given), one line each naming file and line, at
+    most MAX_KEY_WARNINGS per file.
     Raises MapError naming source and line for a line that is not ``key value`` with an
     address key.
     """
@@ -278,7 +280,8 @@ def parse_recipient_lines(
     except MapError as error:
         raise MapError(f"{source}:{error}") from None
     if warnings is not None and odd_keys > MAX_KEY_WARNINGS:
-        warnings.append(f"{source}: {odd_keys - MAX_KEY_WARNINGS} more keys that never match")
+        warnings.append(f"{source}: {odd_keys - MAX_KEY_WARNINGS} more keys that do not match "
+                        "the address they seem to name")
     return users, catch_all
 
 

@@ -35,6 +35,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"backupmx-policyd: {error}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
+        for warning in maps.warnings:
+            print(f"backupmx-policyd: warning: {warning}", file=sys.stderr)
         print(f"{config.path}: OK, {len(config.domains)} domains, "
               f"{len(maps.recipients)} recipient keys")
         return 0

@@ -141,3 +141,29 @@ def test_check_shows_the_map_warnings(tmp_path: Path) -> None:
     assert [r.status for r in results] == ["ok", "warn", "warn"]
     assert "byte-order mark" in results[1].message
     assert "'\"plain\"@example.test' does not match the address" in results[2].message
+
+
+def test_policyd_refuses_to_start_on_a_network_with_host_bits(tmp_path: Path, capsys) -> None:
+    from backupmx.policyd.main import main
+    setup = Setup(tmp_path)
+    setup.networks.write_text("@partner.test 192.0.2.0/24\n* 10.1.2.77/16\n", encoding="utf-8")
+    assert main(["-c", str(setup.conf)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"backupmx-policyd: {setup.networks}:line 2: non-null host address bits in "
+        "'10.1.2.77/16', perhaps you should use '10.1.0.0/16' instead (Postfix's cidr tables "
+        "skip such a rule)"]
+
+
+def test_check_config_accepts_quoted_keys_and_prints_the_warnings(tmp_path: Path,
+                                                                  capsys) -> None:
+    from backupmx.policyd.main import main
+    setup = Setup(tmp_path)
+    setup.recipients.write_text('"odd user"@example.test OK\n"plain"@example.test OK\n',
+                                encoding="utf-8")
+    assert main(["-c", str(setup.conf), "--check-config"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"{setup.conf}: OK, 1 domains, 2 recipient keys"
+    assert captured.err.splitlines() == [
+        f"backupmx-policyd: warning: {setup.recipients}:line 2: key '\"plain\"@example.test' "
+        "does not match the address 'plain@example.test' (not in Postfix, not here): write "
+        "'plain@example.test'"]

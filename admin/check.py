@@ -24,6 +24,7 @@ from backupmx.admin.setup_checks import (
     check_milter,
     check_policy_service,
     check_queue_lifetime,
+    check_restriction_bypass,
 )
 from backupmx.common.addresses import normalize_domain
 from backupmx.common.config import Config, PrimarySpec
@@ -156,6 +157,7 @@ def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[s
     from backupmx.common.maps import load_maps
     results = check_domain_lists(list(config.domains), postconf, lookup)
     results += check_policy_service(config, postconf)
+    results += check_restriction_bypass(config, postconf)
     results += check_milter(config, postconf)
     results += check_queue_lifetime(postconf)
     results += check_flush_service(services)

@@ -204,6 +204,19 @@ def check_policy_service(config: Config, postconf: Mapping[str, str]) -> List[Re
     return results
 
 
+def check_restriction_bypass(config: Config, postconf: Mapping[str, str]) -> List[Result]:
+    """What may accept relay mail before policyd is asked (rules: backupmx.admin.restrictions)."""
+    from backupmx.admin.restrictions import ALL_LISTS, review_restrictions
+    queue_dir = postconf.get("queue_directory", "")
+    wanted = listen_key(config.policyd.listen)
+    rows = review_restrictions(
+        {name: restrictions(postconf.get(name, "")) for name in ALL_LISTS},
+        postconf.get("smtpd_relay_before_recipient_restrictions", ""),
+        lambda argument: socket_key(group_items(argument)[0], queue_dir) == wanted,
+        str(config.policyd.listen), split_list(postconf.get("smtpd_restriction_classes", "")))
+    return [Result(row.check, row.status, row.message, row.fix) for row in rows]
+
+
 def _policy_options(options: Mapping[str, str], postconf: Mapping[str, str], socket: str
                     ) -> List[Result]:
     results = []
@@ -364,6 +377,8 @@ def check_maps(config: Config, load: Callable[[Config], "LoadedMaps"]) -> List[R
     results = [Result("maps", OK, f"{len(recipients)} recipient keys from "
                       f"{', '.join(config.policyd.recipients)}"
                       + (", sender networks parse" if config.policyd.sender_networks else ""))]
+    for warning in getattr(maps, "warnings", ()):
+        results.append(Result("maps", WARN, warning, "edit the named file as the warning says"))
     for domain in config.domains:
         if not recipients.covers(domain):
             results.append(Result("maps", WARN, f"no recipient map covers {domain}: every "

@@ -19,12 +19,17 @@ Signature = Tuple[Tuple[str, object], ...]
 
 @dataclass(frozen=True)
 class LoadedMaps:
-    """The parsed files and the signature (mtime, size, inode) they were read at."""
+    """The parsed files and the signature (mtime, size, inode) they were read at.
+
+    ``warnings``: one line each about the files (a dropped byte-order mark, keys that do not
+    match what they seem to name), for the caller to log once per load.
+    """
 
     recipients: RecipientMap
     networks: Optional[SenderNetworks]
     signature: Signature
     delimiter_warning: str = ""
+    warnings: Tuple[str, ...] = ()
 
 
 def map_paths(config: Config) -> Tuple[str, ...]:
@@ -69,4 +74,5 @@ def load_maps(config: Config, delimiter: Optional[str] = None,
     recipients = load_recipient_map(config.policyd.recipients, delimiter, pause)
     networks_path = config.policyd.sender_networks
     networks = load_sender_networks(networks_path) if networks_path else None
-    return LoadedMaps(recipients, networks, signature, warning)
+    warnings = recipients.warnings + (networks.warnings if networks is not None else ())
+    return LoadedMaps(recipients, networks, signature, warning, warnings)

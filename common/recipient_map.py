@@ -5,9 +5,28 @@ lines starting with whitespace continue the previous line. Keys are ``user@domai
 catch-all ``@domain``; they are compared case-insensitively. The value is not used (as with
 relay_recipient_maps, any value means "valid"). A lookup of ``user+tag@domain`` also tries
 ``user@domain`` when ``+`` is a recipient delimiter, then ``@domain`` — Postfix's own order.
+
+Keys and lookups follow Postfix 3.7 (measured with ``postmap -s``/``-q`` and a private Postfix's
+``relay_recipient_maps``; tests/integration/test_postfix_addresses.py repeats the measurement):
+
+- A key ends at the first whitespace outside double quotes (a backslash escapes the next
+  character), so ``"odd user"@example.test OK`` is one key; a line with an unbalanced quote is an
+  error (postmap warns and skips it). Keys are case-folded whole (``Straße`` is ``strasse``) and
+  kept literally otherwise: no quote is removed and no trailing dot dropped.
+- Postfix hands policyd the recipient in its internal, unquoted form (``odd user@example.test``)
+  and looks it up in the quoted form first (RFC 822 quoting of the local part, as
+  ``quote_822_local`` does: 8-bit text left alone), then in the unquoted form if they differ
+  (``mail_addr_find``'s legacy "external-first" query form), for the full address, then without
+  its extension, then ``@domain``.
+- So a key in neither form does not match the address it seems to name: ``"plain"@example.test``
+  (Postfix looks up ``plain@example.test``), ``alice@example.test.`` (the recipient's domain has
+  no trailing dot). Such keys load as Postfix reads them, with a warning naming the key to write.
+- A UTF-8 byte-order mark at the start of a file is dropped with a warning (Postfix would make it
+  part of the first key, which then never matches).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import (
     AbstractSet,
@@ -35,25 +54,125 @@ class RecipientMap:
     catch_all: FrozenSet[str] = frozenset()  # domains whose every recipient is valid
     delimiters: str = ""
     sources: Tuple[str, ...] = ()
+    #: one line each, naming the file: a dropped BOM, keys not matching what they seem to name
+    warnings: Tuple[str, ...] = ()
+    #: some local part is quoted (starts with "): only then can a quoted lookup match
+    quoted_keys: bool = False
 
     def covers(self, domain: str) -> bool:
         """True when the map says anything about this (lower-case) domain."""
         return domain in self.users or domain in self.catch_all
 
     def accepts(self, local: str, domain: str) -> bool:
-        """Is local@domain a valid recipient? Arguments are already lower-case."""
+        """Is local@domain a valid recipient? Arguments are already lower-case.
+
+        ``local`` is in Postfix's internal (unquoted) form, as policyd receives it. Each form is
+        tried as Postfix does: quoted (when it differs), unquoted, then without the extension.
+        """
         if domain in self.catch_all:
             return True
         locals_ = self.users.get(domain)
         if locals_ is None:
             return False
-        if local in locals_:
+        if not local.isascii():
+            local = local.casefold()
+        if local in locals_ or self.quoted_keys and quote_local(local) in locals_:
             return True
         base = _strip_extension(local, self.delimiters)
-        return base is not None and base in locals_
+        if base is None:
+            return False
+        return base in locals_ or self.quoted_keys and quote_local(base) in locals_
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.users.values()) + len(self.catch_all)
+
+
+#: what makes a local part not an RFC 822 dot-string (Postfix's is_822_dot_string, with 8-bit
+#: text counted as clean): empty, a leading, trailing or doubled dot, a space, a control
+#: character or one of ()<>@,;:\"[]
+_NOT_DOT_STRING = re.compile(r'^$|^\.|\.$|\.\.|[\x00-\x20\x7f()<>@,;:\\"\[\]]')
+
+
+def quote_local(local: str) -> str:
+    """The quoted (external) form of an internal local part, as Postfix's quote_822_local.
+
+    ``odd user`` -> ``"odd user"``, ``a\\b`` -> ``"a\\\\b"``, ``alice`` -> ``alice``. Source:
+    Postfix global/quote_822_local.c (backslash before ``"``, ``\\`` and CR inside the quotes).
+    """
+    if _NOT_DOT_STRING.search(local) is None:
+        return local
+    escaped = "".join("\\" + char if char in '"\\\r' else char for char in local)
+    return f'"{escaped}"'
+
+
+def unquote_local(local: str) -> str:
+    """The internal form of a local part as written: quotes dropped, backslash escapes undone.
+
+    Source: Postfix global/quote_822_local.c, unquote_822_local.
+    """
+    out = []
+    chars = iter(local)
+    for char in chars:
+        if char == '"':
+            continue
+        if char == "\\":
+            char = next(chars, "")
+        out.append(char)
+    return "".join(out)
+
+
+def split_key(text: str) -> Tuple[str, str]:
+    """``"odd user"@example.test OK`` -> (``"odd user"@example.test``, ``OK``).
+
+    The key ends at the first whitespace outside double quotes; ``\\`` escapes the next
+    character (postmap's reading). The value is the rest, stripped ("" if none). Raises
+    MapError (without a line number) on an unbalanced quote.
+    """
+    if '"' not in text and "\\" not in text:  # nearly every line: no character loop
+        parts = text.split(None, 1)
+        return parts[0], parts[1].strip() if len(parts) > 1 else ""
+    quoted = False
+    escaped = False
+    for position, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char.isspace() and not quoted:
+            return text[:position], text[position:].strip()
+    if quoted:
+        raise MapError(f"unbalanced '\"' in {text[:80]!r}")
+    return text, ""
+
+
+def split_address_key(key: str) -> Tuple[str, str, bool]:
+    """A key -> (local part, domain, routing?) split at the last ``@`` outside quotes.
+
+    ``routing`` is True when an ``@`` outside quotes remains in the local part. The local part
+    is "" for ``@domain``; the domain is "" when there is no ``@`` at all.
+    """
+    if '"' not in key and "\\" not in key:
+        local, at, domain = key.rpartition("@")
+        return (local, domain, "@" in local) if at else (key, "", False)
+    quoted = False
+    escaped = False
+    last_at = -1
+    bare_ats = 0
+    for position, char in enumerate(key):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "@" and not quoted:
+            last_at = position
+            bare_ats += 1
+    if last_at < 0:
+        return key, "", False
+    return key[:last_at], key[last_at + 1:], bare_ats > 1
 
 
 def _strip_extension(local: str, delimiters: str) -> Optional[str]:
@@ -90,28 +209,89 @@ def logical_lines(lines: Iterable[str]) -> Iterator[Tuple[int, str]]:
         yield pending
 
 
+def strip_bom(lines: Iterable[str], source: str, warnings: List[str]) -> Iterator[str]:
+    """The lines with a UTF-8 byte-order mark dropped from the first; a warning if there was one.
+
+    Postfix would make the BOM part of the first key, so that key's user would be refused.
+    """
+    first = True
+    for line in lines:
+        if first:
+            first = False
+            if line.startswith("\ufeff"):
+                line = line[1:]
+                warnings.append(f"{source}: starts with a UTF-8 byte-order mark; ignoring it "
+                                "(Postfix would not: save the file without it)")
+        yield line
+
+
+#: at most this many warnings about keys per file, then one line with the count of the rest
+MAX_KEY_WARNINGS = 5
+
+
+def _postfix_form(local: str, domain: str) -> str:
+    """The key Postfix would match for the address this key was probably meant as."""
+    local = quote_local(unquote_local(local)) if local else ""
+    return f"{local}@{domain.rstrip('.')}"
+
+
 def parse_recipient_lines(
-    lines: Iterable[str], source: str = "<text>"
+    lines: Iterable[str], source: str = "<text>", warnings: Optional[List[str]] = None,
+    quoted_domains: Optional[Set[str]] = None,
 ) -> Tuple[Dict[str, Set[str]], Set[str]]:
-    """Parse one map file's lines into (domain -> local parts, catch-all domains)."""
+    """Parse one map file's lines into (domain -> local parts, catch-all domains).
+
+    Local parts and domains are the key's text, case-folded. ``quoted_domains`` (when given)
+    receives the domains with a quoted local part (one starting with ``"``). Keys that do not
+    match the address they seem to name are kept (they match exactly what they match in
+    Postfix) and reported in ``warnings`` (when given), one line each naming file and line, at
+    most MAX_KEY_WARNINGS per file.
+    Raises MapError naming source and line for a line that is not ``key value`` with an
+    address key.
+    """
     users: Dict[str, Set[str]] = {}
     catch_all: Set[str] = set()
+    odd_keys = 0
     try:
         for number, text in logical_lines(lines):
-            parts = text.split(None, 1)
-            if len(parts) < 2:
+            if '"' in text or "\\" in text:
+                try:
+                    key, value = split_key(text)
+                except MapError as error:
+                    raise MapError(f"line {number}: {error}") from None
+                local, domain, routing = split_address_key(key.casefold())
+                if quoted_domains is not None and local.startswith('"'):
+                    quoted_domains.add(domain)
+            else:  # nearly every line: no quoting, no character loop
+                parts = text.split(None, 1)
+                key, value = parts[0], parts[1] if len(parts) > 1 else ""
+                local, at, domain = (key.lower() if key.isascii() else key.casefold()
+                                     ).rpartition("@")
+                routing = "@" in local
+                if not at:
+                    domain = ""
+            if not value:
                 raise MapError(f"line {number}: expected 'key value', got {text[:80]!r}")
-            key = parts[0]
-            local, at, domain = key.lower().rpartition("@")
-            domain = domain.rstrip(".")
-            if not at or not domain or "@" in local and not local.startswith('"'):
+            if not domain or routing:
                 raise MapError(f"line {number}: key {key[:80]!r} is not user@domain or @domain")
+            if domain.endswith(".") or '"' in local:
+                meant = _postfix_form(local, domain)
+                if meant != f"{local}@{domain}":
+                    odd_keys += 1
+                    if warnings is not None and odd_keys <= MAX_KEY_WARNINGS:
+                        warnings.append(
+                            f"{source}:line {number}: key {key[:80]!r} does not match the "
+                            f"address {meant[:80]!r} (not in Postfix, not here): write "
+                            f"{meant[:80]!r}")
             if local:
                 users.setdefault(domain, set()).add(local)
             else:
                 catch_all.add(domain)
     except MapError as error:
         raise MapError(f"{source}:{error}") from None
+    if warnings is not None and odd_keys > MAX_KEY_WARNINGS:
+        warnings.append(f"{source}: {odd_keys - MAX_KEY_WARNINGS} more keys that do not match "
+                        "the address they seem to name")
     return users, catch_all
 
 
@@ -138,11 +318,15 @@ def load_recipient_map(paths: Iterable[str], delimiters: str = "",
     users: Dict[str, Set[str]] = {}
     catch_all: Set[str] = set()
     sources: List[str] = []
+    warnings: List[str] = []
+    quoted_domains: Set[str] = set()
     for path in paths:
         try:
             with open(path, encoding="utf-8", errors="strict") as handle:
-                lines = handle if pause is None else _pausing(handle, pause)
-                file_users, file_catch_all = parse_recipient_lines(lines, path)
+                lines = strip_bom(handle if pause is None else _pausing(handle, pause), path,
+                                  warnings)
+                file_users, file_catch_all = parse_recipient_lines(lines, path, warnings,
+                                                                   quoted_domains)
         except OSError as error:
             raise MapError(f"{path}: cannot read: {error.strerror}") from None
         except UnicodeDecodeError as error:
@@ -172,6 +356,8 @@ def load_recipient_map(paths: Iterable[str], delimiters: str = "",
         catch_all=frozenset(catch_all),
         delimiters=delimiters,
         sources=tuple(sources),
+        warnings=tuple(warnings),
+        quoted_keys=bool(quoted_domains),
     )
 
 

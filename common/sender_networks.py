@@ -4,6 +4,11 @@ One rule per line: ``PATTERN  NETWORK[, NETWORK...]`` where PATTERN is ``user@do
 ``@domain`` or ``*`` and NETWORK an IPv4 or IPv6 address or CIDR. ``#`` starts a comment line.
 A client inside a network listed for its sender skips the primary-MX check (e.g. the
 organisation's own outbound relays, which must always reach the backup).
+
+A network with host bits set (``10.1.2.77/16``) is an error naming file and line, as Postfix's
+cidr tables refuse such a rule ("non-null host address bits ... skipping this rule", measured
+with ``postmap -q ADDRESS cidr:FILE`` on Postfix 3.7): it was never widened silently. A UTF-8
+byte-order mark at the start of the file is dropped with a warning.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
-from backupmx.common.recipient_map import MapError, logical_lines
+from backupmx.common.recipient_map import MapError, logical_lines, strip_bom
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -24,6 +29,8 @@ class SenderNetworks:
 
     rules: Dict[str, Tuple[Network, ...]] = field(default_factory=dict)
     source: str = ""
+    #: one line each, naming the file: a dropped byte-order mark
+    warnings: Tuple[str, ...] = ()
 
     def allows(self, sender: str, client_address: str) -> bool:
         """True when client_address lies in a network listed for this sender (any case)."""
@@ -66,10 +73,15 @@ def _client_ip(text: str) -> Optional[Address]:
 
 
 def parse_sender_networks(lines: Iterable[str], source: str = "<text>") -> SenderNetworks:
-    """Parse the allowlist text; MapError naming file and line on the first bad rule."""
+    """Parse the allowlist text; MapError naming file and line on the first bad rule.
+
+    Bad rules: no network, a pattern that is not user@domain, @domain or ``*``, an item that is
+    not an IP address or network, a network with host bits set.
+    """
     rules: Dict[str, List[Network]] = {}
+    warnings: List[str] = []
     try:
-        for number, text in logical_lines(lines):
+        for number, text in logical_lines(strip_bom(lines, source, warnings)):
             parts = text.split(None, 1)
             if len(parts) < 2:
                 raise MapError(f"line {number}: expected 'PATTERN NETWORK[, NETWORK...]'")
@@ -81,10 +93,15 @@ def parse_sender_networks(lines: Iterable[str], source: str = "<text>") -> Sende
                     network = ipaddress.ip_network(item, strict=False)
                 except ValueError:
                     raise MapError(f"line {number}: {item!r} is not an IP network") from None
+                if network.network_address != ipaddress.ip_interface(item).ip:
+                    raise MapError(
+                        f"line {number}: non-null host address bits in {item!r}, perhaps you "
+                        f"should use {str(network)!r} instead (Postfix's cidr tables skip "
+                        "such a rule)")
                 rules.setdefault(pattern, []).append(network)
     except MapError as error:
         raise MapError(f"{source}:{error}") from None
-    return SenderNetworks({k: tuple(v) for k, v in rules.items()}, source)
+    return SenderNetworks({k: tuple(v) for k, v in rules.items()}, source, tuple(warnings))
 
 
 def load_sender_networks(path: str) -> SenderNetworks:

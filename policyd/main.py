@@ -33,6 +33,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, MapError) as error:
         print(f"backupmx-policyd: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    for warning in maps.warnings:
+        print(f"backupmx-policyd: warning: {warning}", file=sys.stderr)
     print(f"{config.path}: OK, {len(config.domains)} domains, "
           f"{len(maps.recipients)} recipient keys")
     return EXIT_OK

@@ -124,6 +124,8 @@ class PolicyService:
                              name="release replaced map", daemon=True).start()
         if maps.delimiter_warning:
             self.log.warn("{warning}", warning=maps.delimiter_warning)
+        for warning in maps.warnings:
+            self.log.warn("{warning}", warning=warning)
 
     def _replaced_map_sets(self, maps: LoadedMaps) -> Dict[str, Any]:
         """The per-domain sets of the map being replaced, to be freed off the reactor thread.

@@ -62,6 +62,10 @@ check "deb contains backupmx/policyd/*.py" sh -c \
     "dpkg-deb -c '$DEB' | grep -q 'usr/lib/python3/dist-packages/backupmx/policyd/main.py'"
 check "deb contains backupmx/milter/*.py" sh -c \
     "dpkg-deb -c '$DEB' | grep -q 'usr/lib/python3/dist-packages/backupmx/milter/main.py'"
+check "deb contains backupmx/admin/*.py" sh -c \
+    "dpkg-deb -c '$DEB' | grep -q 'usr/lib/python3/dist-packages/backupmx/admin/restrictions.py'"
+check "deb contains the Prometheus rules" sh -c \
+    "dpkg-deb -c '$DEB' | grep -q './usr/share/backupmx/prometheus/backupmx-rules.yml'"
 check "backupmx is a namespace package (no backupmx/__init__.py)" sh -c \
     "! dpkg-deb -c '$DEB' | grep -q 'dist-packages/backupmx/__init__.py'"
 
@@ -124,11 +128,13 @@ if [ -f "$RPM" ]; then
             /usr/lib/systemd/system/backupmx-milter.service \
             /usr/lib/systemd/system/backupmx-flush.service \
             /usr/lib/systemd/system/backupmx-flush.timer /usr/lib/sysusers.d/backupmx.conf \
-            /usr/lib/tmpfiles.d/backupmx.conf /var/lib/backupmx /var/spool/postfix/backupmx; do
+            /usr/lib/tmpfiles.d/backupmx.conf /var/lib/backupmx /var/spool/postfix/backupmx \
+            /usr/share/backupmx/prometheus/backupmx-rules.yml; do
         check "rpm has $file" grep -qx "$file" "$LOG/files"
     done
     check "rpm has backupmx/policyd/*.py" grep -q "site-packages/backupmx/policyd/main.py$" "$LOG/files"
     check "rpm has backupmx/milter/*.py" grep -q "site-packages/backupmx/milter/main.py$" "$LOG/files"
+    check "rpm has backupmx/admin/*.py" grep -q "site-packages/backupmx/admin/restrictions.py$" "$LOG/files"
     check "rpm: /etc/backupmx files are %config(noreplace)" sh -c \
         "test \$(rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' '$RPM' | grep -c '^cn /etc/backupmx/') -eq 3"
     rpm -qp --requires "$RPM" >"$LOG/requires" 2>&1

@@ -22,32 +22,8 @@ from backupmx.admin.setup_checks import (
 )
 from backupmx.common.config import PrimarySpec, parse_config
 from backupmx.common.recipient_map import MapError
+from tests.harness.postconf_samples import CONFIG, GOOD
 
-CONFIG = parse_config("""
-[policyd]
-listen = inet:127.0.0.1:10040
-[milter]
-listen = inet:127.0.0.1:8890
-[domains]
-example.test = [192.0.2.10]:25
-other.test = mx
-""")
-
-GOOD: Dict[str, str] = {
-    "relay_domains": "example.test, other.test",
-    "fast_flush_domains": "example.test other.test",
-    "mydestination": "backupmx.test, localhost",
-    "virtual_mailbox_domains": "",
-    "virtual_alias_domains": "",
-    "queue_directory": "/var/spool/postfix",
-    "smtpd_relay_restrictions": "permit_mynetworks, defer_unauth_destination",
-    "smtpd_recipient_restrictions": "permit_mynetworks, reject_unauth_destination, "
-                                    "check_policy_service { inet:127.0.0.1:10040, timeout=10s, "
-                                    "default_action=DUNNO }",
-    "smtpd_milters": "{ inet:127.0.0.1:8890, default_action=accept }",
-    "milter_default_action": "tempfail",
-    "maximal_queue_lifetime": "30d",
-}
 FLUSH = ["flush     unix  n       -       n       1000?   0       flush"]
 
 

@@ -115,3 +115,12 @@ def test_missing_postconf_gives_no_delimiter_and_a_warning(tmp_path: Path,
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     delimiter, warning = recipient_delimiter(make_config(tmp_path))
     assert delimiter == "" and "not found" in warning
+
+
+def test_load_maps_collects_the_warnings_of_every_file(tmp_path: Path) -> None:
+    config = make_config(tmp_path, "recipient_delimiter = +")
+    (tmp_path / "sender_networks").write_text("\ufeff@a.test 192.0.2.0/24\n", encoding="utf-8")
+    maps = load_maps(config)
+    assert maps.networks is not None and maps.networks.allows("u@a.test", "192.0.2.1")
+    assert maps.warnings == (f"{tmp_path / 'sender_networks'}: starts with a UTF-8 byte-order "
+                             "mark; ignoring it (Postfix would not: save the file without it)",)

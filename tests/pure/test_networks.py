@@ -59,9 +59,29 @@ def test_empty_allowlist_allows_nothing() -> None:
     assert not parse_sender_networks(["# nothing"]).allows("a@b.test", "192.0.2.1")
 
 
-def test_host_bits_set_are_accepted_as_the_network() -> None:
-    networks = parse_sender_networks(["@a.test 192.0.2.77/24"])
+@pytest.mark.parametrize("item,network", [
+    ("10.1.2.77/16", "10.1.0.0/16"),
+    ("192.0.2.77/24", "192.0.2.0/24"),
+    ("2001:db8::1/32", "2001:db8::/32"),
+])
+def test_host_bits_set_are_refused_with_the_network_postfix_suggests(item: str,
+                                                                      network: str) -> None:
+    # Postfix's cidr tables skip such a rule with this suggestion (measured against postmap in
+    # tests/integration/test_postfix_addresses.py); never widened silently.
+    with pytest.raises(MapError) as caught:
+        parse_sender_networks(["@a.test 192.0.2.0/24\n", f"* 198.51.100.1, {item}\n"], "nets")
+    assert str(caught.value) == (
+        f"nets:line 2: non-null host address bits in {item!r}, perhaps you should use "
+        f"{network!r} instead (Postfix's cidr tables skip such a rule)")
+
+
+def test_a_leading_byte_order_mark_is_dropped_with_a_warning() -> None:
+    networks = parse_sender_networks(["\ufeff@a.test 192.0.2.0/24\n"], "nets")
     assert networks.allows("x@a.test", "192.0.2.1")
+    assert networks.warnings == (
+        "nets: starts with a UTF-8 byte-order mark; ignoring it "
+        "(Postfix would not: save the file without it)",)
+    assert parse_sender_networks(["@a.test 192.0.2.0/24\n"]).warnings == ()
 
 
 def test_rules_for_one_pattern_accumulate() -> None:

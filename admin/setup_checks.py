@@ -24,6 +24,7 @@ from backupmx.common.postfix_values import (
     parse_time,
     split_list,
 )
+from backupmx.common.relay_scope import unconfigured_relay_names
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 WEEK = 7 * 86400
@@ -140,6 +141,17 @@ def check_domain_lists(domains: Sequence[str], postconf: Mapping[str, str],
                 results.append(Result(name, FAIL, f"{domain} is in {name}: Postfix would deliver "
                                       "it here instead of relaying it to the primary",
                                       f"remove {domain} from {name}"))
+    missing, tables = unconfigured_relay_names(postconf.get("relay_domains", ""), domains)
+    for name in missing:
+        results.append(Result("relay_domains", FAIL, f"relay_domains lists {name}, which "
+                              "[domains] does not: Postfix relays its mail but backupmx checks "
+                              "none of its recipients (backscatter)",
+                              f"add {name.lstrip('.')} to [domains] in backupmx.conf, or "
+                              "remove it from relay_domains"))
+    for table in tables:
+        results.append(Result("relay_domains", WARN, f"relay_domains uses the table {table}: "
+                              "backupmx cannot tell whether it lists domains [domains] does not",
+                              "make sure every relay domain in it is in [domains]"))
     return results
 
 

@@ -40,6 +40,7 @@ def build_policy(config: Config, maps: LoadedMaps) -> Policy:
         recipients=maps.recipients,
         networks=maps.networks,
         primary_up_action=config.policyd.primary_up_action,
+        scope=maps.scope,
     )
 
 

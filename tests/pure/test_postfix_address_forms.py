@@ -132,9 +132,9 @@ def test_host_bits_on_reload_keep_the_last_good_networks(tmp_path: Path,
 
 
 def test_check_shows_the_map_warnings(tmp_path: Path) -> None:
+    from backupmx.admin import setup_checks as checks
     from backupmx.common.config import parse_config
     from backupmx.common.maps import load_maps
-    from backupmx.admin import setup_checks as checks
     recipients = tmp_path / "relay_recipients"
     recipients.write_bytes('\ufeffalice@example.test OK\n"plain"@example.test OK\n'
                            .encode("utf-8"))

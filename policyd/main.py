@@ -61,7 +61,8 @@ def run(config: Config) -> int:
     settings = config.policyd
     primaries = PrimaryMonitor(reactor, config.domains, settings.probe_interval,
                                settings.probe_timeout, up_after=settings.primary_up_after,
-                               down_after=settings.primary_down_after)
+                               down_after=settings.primary_down_after,
+                               local_names=_local_names(config))
     service = PolicyService(reactor, config, maps, primaries)
     # the service holds the maps now: no frame of ours may keep the start-up maps alive after
     # a reload has replaced them (a 1,000,000-address map holds about 110 MiB)
@@ -90,6 +91,17 @@ def run(config: Config) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", daemon.notify, "STOPPING=1")
     reactor.run()
     return EXIT_OK
+
+
+def _local_names(config: Config) -> "tuple[str, ...]":
+    """This host's own names (Postfix's myhostname): an MX among them is never the primary."""
+    from backupmx.common.addresses import normalize_domain
+    from backupmx.common.postfix import Postfix, PostfixError
+    try:
+        name = Postfix.from_setting(config.postfix.config_directory).parameter("myhostname")
+    except (PostfixError, KeyError):
+        return ()
+    return (normalize_domain(name),) if name else ()
 
 
 def _serve_metrics(reactor: Any, address: Optional[ListenAddress], service: Any,

@@ -64,7 +64,11 @@ def fetch(settings: LdapSettings, timeout: float) -> List[str]:
         step = f"searching {settings.base}"
         return _paged_search(ldap, connection, settings, deadline)
     except ldap.LDAPError as error:
-        raise _translate(ldap, error, f"LDAP {settings.uri}: {step}", deadline) from None
+        failure = _translate(ldap, error, f"LDAP {settings.uri}: {step}", deadline)
+        if settings.starttls and step == "starting TLS" and not isinstance(failure,
+                                                                          SourceTimeout):
+            failure = SourceUnreachable(str(failure))  # no secure connection to be had
+        raise failure from None
     finally:
         try:
             connection.unbind_ext()

@@ -82,8 +82,9 @@ class PgsqlSettings:
       ``postgresql://`` URI (the password belongs in ``password_file``, not here).
     - ``password_file`` = empty: the password (first line); empty: libpq's own rules (.pgpass,
       peer authentication on a unix socket).
-    - ``query``: required; SQL whose first column is an address or ``@domain`` per row; run in
-      a read-only transaction. A trailing ``;`` is dropped.
+    - ``query``: required; a ``SELECT`` (or ``VALUES``) whose first column is an address or
+      ``@domain`` per row; it is read through a server-side cursor in a read-only transaction.
+      A trailing ``;`` is dropped.
     """
 
     dsn: str

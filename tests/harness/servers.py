@@ -11,6 +11,7 @@ ends the server's own process (SIGTERM, then SIGKILL) and is safe to call twice.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from tests.harness.daemons import Daemon, DaemonError, spawn, wait_for_port
+from tests.harness.daemons import Daemon, DaemonError, wait_for_port
 from tests.harness.postfix import _searchable, free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")  # not /usr/local/bin, whose pg_ctl may be another one
@@ -49,6 +50,27 @@ def _run(argv: Sequence[str], *, input_text: Optional[str] = None, env: Optional
         raise ServerError(f"{' '.join(argv[:3])} ... exited {result.returncode}:\n"
                           f"{result.stdout}{result.stderr}")
     return result
+
+
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up now: no dlopen after fork
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the harness dies (prctl PR_SET_PDEATHSIG), so
+    that a killed test run leaves no server behind. Runs after Popen's user switch, which would
+    otherwise clear it."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _start(argv: List[str], log_path: Path, user: Optional[str] = None,
+           cwd: Optional[Path] = None) -> Daemon:
+    """Start a server process in the foreground of its own, logging to log_path."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, user=user, cwd=cwd,
+                                   preexec_fn=_die_with_parent)
+    return Daemon(argv, log_path, process)
 
 
 def _wait_for(probe, what: str, daemon: Daemon, timeout: float) -> None:
@@ -148,7 +170,7 @@ class Slapd:
     def start(self, timeout: float = 30.0) -> "Slapd":
         self.port = free_port()
         argv = [_require("slapd", "slapd"), "-d", "0", "-f", str(self.conf), "-h", self.uri + "/"]
-        self.daemon = spawn(argv, self.root / "slapd.log")
+        self.daemon = _start(argv, self.root / "slapd.log")
         try:
             wait_for_port("127.0.0.1", self.port, timeout, self.daemon)
         except DaemonError as error:
@@ -222,10 +244,7 @@ class Postgres:
         argv = [str(PG_BIN / "postgres"), "-D", str(self.data), "-k", str(self.socket_dir),
                 "-c", "listen_addresses=", "-c", "fsync=off", "-c", "synchronous_commit=off",
                 "-c", "full_page_writes=off", "-c", "max_wal_size=4GB"]
-        log_path = self.root / "postgres.log"
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_path.open("ab"),
-                                   stderr=subprocess.STDOUT, user=self.os_user, cwd=self.root)
-        self.daemon = Daemon(argv, log_path, process)
+        self.daemon = _start(argv, self.root / "postgres.log", user=self.os_user, cwd=self.root)
 
         def ready() -> bool:
             probe = subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", str(self.socket_dir)],
@@ -294,7 +313,7 @@ class MariaDB:
                 f"--pid-file={self.root / 'mariadbd.pid'}", "--user=root",
                 "--skip-name-resolve", "--innodb-buffer-pool-size=32M",
                 "--innodb-flush-log-at-trx-commit=0", f"--log-error={self.root / 'error.log'}"]
-        self.daemon = spawn(argv, self.root / "mariadbd.log")
+        self.daemon = _start(argv, self.root / "mariadbd.log")
         try:
             wait_for_port("127.0.0.1", self.port, timeout, self.daemon)
         except DaemonError as error:

@@ -148,3 +148,12 @@ def test_starttls_refused_by_a_server_without_tls(slapd: Slapd, tmp_path: Path) 
     settings = settings_for(slapd, slapd.people, tmp_path, starttls=True)
     with pytest.raises(SourceUnreachable, match="starting TLS"):
         ldap_source.fetch(settings, timeout=10)
+
+
+def test_hanging_server_times_out_during_starttls(hanging) -> None:
+    settings = LdapSettings(uri=f"ldap://127.0.0.1:{hanging.port}", base="dc=example,dc=test",
+                            starttls=True)
+    started = time.monotonic()
+    with pytest.raises(SourceTimeout, match="starting TLS"):
+        ldap_source.fetch(settings, timeout=1.5)
+    assert time.monotonic() - started < 1.5 + 1.0

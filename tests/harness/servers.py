@@ -227,7 +227,8 @@ class Postgres:
         """initdb a fresh cluster owned by the postgres user."""
         initdb = PG_BIN / "initdb"
         if not initdb.exists():
-            raise ServerError(f"{initdb} is missing: run .ci/install (Debian package postgresql-15)")
+            raise ServerError(f"{initdb} is missing: run .ci/install "
+                              f"(Debian package postgresql-15)")
         self.root.mkdir(parents=True, exist_ok=True)
         _searchable(self.root)
         self.socket_dir.mkdir(exist_ok=True)

@@ -34,8 +34,8 @@ def settings_for(slapd: Slapd, base: str, tmp_path: Path, **changes) -> LdapSett
 
 
 PEOPLE = [
-    {"uid": ["alice"], "mail": ["alice@example.test"], "mailLocalAddress": ["al@example.test",
-                                                                           "Alice.Smith@example.test"]},
+    {"uid": ["alice"], "mail": ["alice@example.test"],
+     "mailLocalAddress": ["al@example.test", "Alice.Smith@example.test"]},
     {"uid": ["bob"], "mail": ["bob@example.test"]},
     {"uid": ["catchall"], "mail": ["@other.test"]},
     {"uid": ["nomail"]},

@@ -21,7 +21,8 @@ def script(tmp_path: Path, body: str) -> CommandSettings:
 
 def test_one_address_a_line_comments_and_blanks_skipped(tmp_path: Path) -> None:
     settings = script(tmp_path, 'echo "# generated"; echo "alice@example.test"; echo\n'
-                                'echo "  Bob@Example.Test  "; echo "@other.test"; echo "$1@x.test"\n')
+                                'echo "  Bob@Example.Test  "; echo "@other.test"\n'
+                                'echo "$1@x.test"\n')
     assert command.fetch(settings, timeout=10) == ["alice@example.test", "Bob@Example.Test",
                                                    "@other.test", "--all@x.test"]
 

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -110,7 +111,8 @@ access to * by dn.exact="{reader}" read by * none
 
 
 class Slapd:
-    """A private OpenLDAP server on 127.0.0.1:port with suffix dc=example,dc=test.
+    """A private OpenLDAP server on 127.0.0.1:port and on the unix socket ``root/ldapi``, with
+    suffix dc=example,dc=test.
 
     ``rootdn``/``rootpw`` administer it; ``reader_dn``/``reader_password`` is an ordinary entry
     allowed to read everything (the bind DN a source uses); anonymous users read nothing.
@@ -135,6 +137,11 @@ class Slapd:
     @property
     def uri(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ldapi_uri(self) -> str:
+        """The same server over its unix socket (``root/ldapi``), path percent-encoded."""
+        return "ldapi://" + urllib.parse.quote(str(self.root / "ldapi"), safe="")
 
     def setup(self) -> "Slapd":
         """Write slapd.conf and load the base entries with slapadd (server stopped)."""
@@ -169,7 +176,8 @@ class Slapd:
 
     def start(self, timeout: float = 30.0) -> "Slapd":
         self.port = free_port()
-        argv = [_require("slapd", "slapd"), "-d", "0", "-f", str(self.conf), "-h", self.uri + "/"]
+        argv = [_require("slapd", "slapd"), "-d", "0", "-f", str(self.conf),
+                "-h", f"{self.uri}/ {self.ldapi_uri}"]
         self.daemon = _start(argv, self.root / "slapd.log")
         try:
             wait_for_port("127.0.0.1", self.port, timeout, self.daemon)

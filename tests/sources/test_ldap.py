@@ -50,6 +50,13 @@ def test_returns_every_address_attribute_value(slapd: Slapd, unique: str, tmp_pa
                                         "@other.test"])
 
 
+def test_over_the_ldapi_unix_socket(slapd: Slapd, unique: str, tmp_path: Path) -> None:
+    base = subtree(slapd, unique, PEOPLE[:2])
+    settings = settings_for(slapd, base, tmp_path, uri=slapd.ldapi_uri, attributes=("mail",))
+    assert sorted(ldap_source.fetch(settings, timeout=10)) == ["alice@example.test",
+                                                               "bob@example.test"]
+
+
 def test_filter_and_attribute_choice_are_applied(slapd: Slapd, unique: str,
                                                  tmp_path: Path) -> None:
     base = subtree(slapd, unique, PEOPLE)

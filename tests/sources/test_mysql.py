@@ -109,3 +109,15 @@ def test_slow_query_times_out(mariadb: MariaDB, tmp_path: Path) -> None:
     with pytest.raises(SourceTimeout):
         mysql.fetch(settings, timeout=1.5)
     assert time.monotonic() - started < 1.5 + 1.0
+
+
+def test_a_trickling_result_is_cut_at_the_timeout(mariadb: MariaDB, tmp_path: Path) -> None:
+    """Rows arriving every 0.4 s (each larger than the server's network buffer, so each is sent
+    at once): every read is quick, the whole is not. The timeout bounds the whole sync."""
+    settings = over_socket(mariadb, tmp_path,
+                           "SELECT CONCAT('u', seq, '@example.test'), REPEAT('x', 40000), "
+                           "SLEEP(0.4) FROM seq_1_to_15")
+    started = time.monotonic()
+    with pytest.raises(SourceTimeout, match=r"within 1\.5 s while running the query"):
+        mysql.fetch(settings, timeout=1.5)
+    assert time.monotonic() - started < 1.5 + 1.0

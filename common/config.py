@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from backupmx.common.addresses import normalize_domain
 from backupmx.common.listen import ListenAddress, optional_listen, parse_host_port, parse_listen
+from backupmx.common.postfix_values import parse_time
 
 DEFAULT_CONFIG_PATH = "/etc/backupmx/backupmx.conf"
 PRIMARY_UP_ACTIONS = ("defer", "reject", "ignore")
@@ -74,12 +75,24 @@ class PostfixConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """``[fleet]``: the shared PostgreSQL store of a fleet of backup MXes (optional section)."""
+
+    database: str  # libpq URI (postgresql://...) or conninfo (key=value ...)
+    password_file: Optional[str]
+    host_id: Optional[str]  # None: Postfix's myhostname, asked when the fleet is used
+    push_interval: float  # seconds between pushes (the flush timer's period)
+    retention: int  # seconds a delivered message's rows are kept, locally and in the store
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     policyd: PolicydConfig
     milter: MilterConfig
     postfix: PostfixConfig
     domains: Mapping[str, PrimarySpec] = field(default_factory=dict)
+    fleet: Optional[FleetConfig] = None  # None: no [fleet] section
 
 
 # ---- value parsers: text -> value, ValueError with a short reason -----------------------------
@@ -150,6 +163,36 @@ def _user_name(text: str) -> Optional[str]:
     return text or None
 
 
+def _database(text: str) -> str:
+    """A libpq connection string: a URI or key=value conninfo (checked by psycopg when used)."""
+    if not text:
+        return ""  # required when [fleet] is written: parse_config says so
+    if "://" in text and not re.match(r"postgres(ql)?://", text):
+        raise ValueError(f"{text!r} is not a postgresql:// URI")
+    if "://" not in text and "=" not in text:
+        raise ValueError(f"{text!r} is neither a postgresql:// URI nor key=value conninfo")
+    if re.search(r"(^|\s)password\s*=|://[^/@]*:[^/@]*@", text):
+        raise ValueError("holds a password: put it in password_file instead")
+    return text
+
+
+def _host_id(text: str) -> Optional[str]:
+    if text and not _DOMAIN_RE.match(text.lower()):
+        raise ValueError(f"{text!r} is not a host name")
+    return text.lower() or None
+
+
+def _retention(text: str) -> int:
+    """Postfix time syntax, days when no unit: 30, 30d, 2w, 12h (parse_time)."""
+    try:
+        seconds = parse_time(text, default_unit="d")
+    except ValueError as error:
+        raise ValueError(f"{text!r} is not a time (30d, 2w, 12h): {error}") from None
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be positive")
+    return seconds
+
+
 def _primary(text: str) -> PrimarySpec:
     if text.lower() == "mx":
         return PrimarySpec(host=None)
@@ -190,7 +233,15 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
     "postfix": {
         "config_directory": (_optional_path, ""),
     },
+    "fleet": {
+        "database": (_database, ""),
+        "password_file": (_optional_path, ""),
+        "host_id": (_host_id, ""),
+        "push_interval": (_positive_seconds, "60"),
+        "retention": (_retention, "30d"),
+    },
 }
+OPTIONAL_SECTIONS = ("fleet",)  # present only when written; the others always have defaults
 
 
 @dataclass(frozen=True)
@@ -270,12 +321,20 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     postfix = _section_values(path, "postfix", sections.get("postfix", {}))
     if milter["journal"] is None:
         milter["journal"] = f"{milter['ledger']}.journal"
+    fleet = None
+    if "fleet" in sections:
+        values = _section_values(path, "fleet", sections["fleet"])
+        if not values["database"]:
+            raise ConfigError(f"{path}: [fleet] database: is required: a libpq URI "
+                              f"(postgresql://...) or conninfo (host=... dbname=...)")
+        fleet = FleetConfig(**values)  # type: ignore[arg-type]  # values typed by SCHEMA parsers
     return Config(
         path=path,
         policyd=PolicydConfig(**policyd),  # type: ignore[arg-type]  # values typed by SCHEMA parsers
         milter=MilterConfig(**milter),  # type: ignore[arg-type]  # (ditto)
         postfix=PostfixConfig(**postfix),  # type: ignore[arg-type]  # (ditto)
         domains=_domains(path, sections.get("domains", {})),
+        fleet=fleet,
     )
 
 

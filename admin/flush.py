@@ -15,7 +15,7 @@ import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from backupmx.admin.context import CommandContext
 from backupmx.admin.primaries import UP, PrimaryState
@@ -157,17 +157,24 @@ def wait_until_left(ctx: CommandContext, domain: str, flush_id: int, wait: float
         ctx.sleep(POLL_INTERVAL)
 
 
-def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
-    """Flush every domain with held mail whose primary is up; exit status."""
+def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT,
+               probed: Optional[Dict[str, PrimaryState]] = None) -> int:
+    """Flush every domain with held mail whose primary is up; exit status.
+
+    With [fleet] every configured primary is probed (the push reports them all; the reactor
+    runs once per process) and the reports are left in ``probed`` for it."""
     ledger = ctx.ledger()
     reconcile(ledger, snapshot(ctx), ctx.clock())
     summaries = ledger.summaries()
     candidates = {d: ctx.config.domains[d] for d, s in summaries.items()
                   if d in ctx.config.domains and s.held_messages > 0}
+    to_probe = ctx.config.domains if ctx.config.fleet is not None else candidates
+    reports = ctx.probe(to_probe, ctx.probe_timeout) if to_probe else {}
+    if probed is not None:
+        probed.update(reports)
     if not candidates:
         print("nothing held: nothing to flush", file=ctx.out)
         return EXIT_OK
-    reports = ctx.probe(candidates, ctx.probe_timeout)
     chosen = choose_auto(summaries, reports, ctx.config.domains)
     status = EXIT_OK
     for domain in sorted(candidates):
@@ -188,6 +195,43 @@ def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
     return status
 
 
+def after_auto(ctx: CommandContext, probed: Dict[str, PrimaryState]) -> None:
+    """The end of every ``flush --auto`` run: the fleet push (a failed push is only warned
+    about: flushing never depends on the fleet store), or dropping a leftover outbox."""
+    from backupmx.admin import fleet
+    if ctx.config.fleet is None:
+        fleet.stop_recording(ctx)
+        return
+    result = fleet.run_push(ctx, probed, reconciled=False)
+    if result is not None:
+        print(result.describe(), file=ctx.out)
+
+
+def request_fleet_flush(ctx: CommandContext, domain: str, force: bool, wait: float) -> int:
+    """``flush DOMAIN --fleet``: record the request every host carries out at its next push."""
+    from backupmx.admin import fleet as fleet_command
+    from backupmx.fleet import requests
+    from backupmx.fleet.schema import require_current
+    from backupmx.fleet.store import StoreError, connect
+    try:
+        settings = fleet_command.fleet_settings(ctx)
+        me = fleet_command.host_id(ctx)
+        pg = connect(settings)
+        try:
+            require_current(pg)
+            pg.commit()
+            request_id = requests.record(pg, domain, me, force, wait)
+        finally:
+            pg.close()
+    except (fleet_command.FleetUnavailable, StoreError) as error:
+        ctx.warn(f"flush --fleet: {error}")
+        return EXIT_REFUSED
+    print(f"{domain}: fleet flush request #{request_id} recorded: every host flushes it at its "
+          f"next push (within about {settings.push_interval:g} s); backupmx status --fleet "
+          f"shows each host's result", file=ctx.out)
+    return EXIT_OK
+
+
 # ---- command line -----------------------------------------------------------------------------
 
 def add_arguments(subparsers: Any) -> None:
@@ -202,6 +246,9 @@ def add_arguments(subparsers: Any) -> None:
                         help="flush every domain with held mail whose primary is up")
     parser.add_argument("--force", action="store_true",
                         help="flush even when the primary does not answer our probe")
+    parser.add_argument("--fleet", action="store_true",
+                        help="ask every host of the fleet ([fleet]) to flush DOMAIN at its next "
+                             "push, instead of flushing here now")
     parser.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
                         help=f"how long to wait for the mail to leave (default {DEFAULT_WAIT:g})")
     parser.set_defaults(run=run)
@@ -210,6 +257,12 @@ def add_arguments(subparsers: Any) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     ctx = CommandContext.from_config(config)
     try:
+        if getattr(args, "fleet", False):
+            if args.auto:
+                ctx.warn("flush: --fleet takes a DOMAIN, not --auto")
+                return EXIT_REFUSED
+            return request_fleet_flush(ctx, normalize_domain(args.domain), args.force,
+                                       max(0.0, args.wait))
         return flush_command(ctx, args.domain, args.auto, args.force, max(0.0, args.wait))
     finally:
         ctx.close()
@@ -224,7 +277,11 @@ def flush_command(ctx: CommandContext, domain: Optional[str], auto: bool, force:
                 print("another flush is running: nothing done", file=ctx.out)
                 return EXIT_OK if auto else EXIT_REFUSED
             if auto:
-                return flush_auto(ctx, wait)
+                probed: Dict[str, PrimaryState] = {}
+                try:
+                    return flush_auto(ctx, wait, probed)
+                finally:
+                    after_auto(ctx, probed)
             assert domain is not None
             outcome = flush_domain(ctx, normalize_domain(domain), force, wait)
             print(outcome.describe(), file=ctx.out)

@@ -42,6 +42,7 @@ class BackupMxLab:
         sender_networks: str = "@partner.test 127.0.0.1/32, ::1/128\n",
         policyd_settings: Optional[Dict[str, str]] = None,
         policy_socket: str = "inet",
+        extra_config: str = "",
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -56,6 +57,7 @@ class BackupMxLab:
         else:
             self.policy_listen = postfix_policy = f"inet:127.0.0.1:{self.policy_port}"
         self.milter_port = free_port()
+        self.extra_config = extra_config  # more sections for backupmx.conf (e.g. [fleet])
         self.recipients_path = self.root / "relay_recipients"
         self.networks_path = self.root / "sender_networks"
         self.config_path = self.root / "backupmx.conf"
@@ -91,7 +93,7 @@ class BackupMxLab:
                  "", "[postfix]", f"config_directory = {self.postfix.config_dir}",
                  "", "[domains]",
                  *(f"{d} = [127.0.0.1]:{p.port}" for d, p in self.primaries.items()), ""]
-        self.config_path.write_text("\n".join(lines))
+        self.config_path.write_text("\n".join(lines) + self.extra_config)
 
     # ---- lifecycle -------------------------------------------------------------------------
 

@@ -263,3 +263,41 @@ def test_without_fleet_or_store_every_host_may_send(tmp_path: Path) -> None:
     assert _try(parse_config("")) is True
     unreachable = parse_config(f"[fleet]\ndatabase = host={tmp_path}/nowhere dbname=x\n")
     assert _try(unreachable) is True
+
+
+def test_requests_a_host_cannot_carry_out_are_recorded_with_the_reason(
+        fleet_db: FleetDatabase, tmp_path: Path) -> None:
+    import io
+
+    from backupmx.admin.context import CommandContext
+    from backupmx.admin.fleet import run_push
+    from backupmx.admin.flush import request_fleet_flush
+    from backupmx.fleet.view import fleet_status as read_view
+    from tests.harness.command_fakes import FakeClock, FakePostfix, ScriptedProber
+
+    cfg = config(fleet_db, tmp_path, "mx1.test")
+    init(cfg)
+    Ledger(cfg.milter.ledger).open().close()
+    postfix, clock = FakePostfix(), FakeClock(time.time())
+    postfix.parameters["fast_flush_domains"] = f"{A}, {B}"
+    prober = ScriptedProber({A: "up", B: "down"})
+    ctx = CommandContext(config=cfg, postfix=postfix,  # type: ignore[arg-type]
+                         probe=prober, probe_timeout=1.0, clock=clock, sleep=clock.sleep,
+                         out=io.StringIO(), err=io.StringIO())
+    reports = prober(cfg.domains, 1.0)
+    assert run_push(ctx, reports) is not None  # joins the fleet
+    for domain in (B, "c.test", A):
+        assert request_fleet_flush(ctx, domain, False, 0.0) == 0
+    assert run_push(ctx, reports) is not None
+    assert run_push(ctx, reports) is not None  # answered once only
+    assert postfix.flushed == [A]
+    assert fleet_db.sql("SELECT count(*) FROM flush_request_results").strip() == "3"
+    pg = connect(cfg.fleet)  # type: ignore[arg-type]
+    results = {r["domain"]: r["results"][0] for r in read_view(pg)["flush_requests"]}
+    pg.close()
+    assert results[B]["result"] == "refused" and "is down" in results[B]["detail"]
+    assert results["c.test"]["result"] == "refused"
+    assert "not a relay domain" in results["c.test"]["detail"]
+    assert (results[A]["result"], results[A]["held_before"], results[A]["remaining"]) == \
+        ("complete", 0, 0)
+    ctx.close()

@@ -202,6 +202,7 @@ def after_auto(ctx: CommandContext, probed: Dict[str, PrimaryState]) -> None:
     if ctx.config.fleet is None:
         fleet.stop_recording(ctx)
         return
+    fleet.lower_priority()  # the flushing is done; the push is background work
     result = fleet.run_push(ctx, probed, reconciled=False)
     if result is not None:
         print(result.describe(), file=ctx.out)

@@ -112,10 +112,13 @@ def requeue_all(conn: sqlite3.Connection) -> None:
 
 
 def batches(conn: sqlite3.Connection, after: int, size: int) -> Iterator[Batch]:
-    """Batches of at most ``size`` outbox rows with sequence numbers above ``after``."""
+    """Batches of at most ``size`` outbox rows with sequence numbers above ``after``, up to the
+    last one queued when the first batch is read (so a busy milter cannot keep a push going:
+    what it adds meanwhile waits for the next push)."""
+    last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM fleet_outbox").fetchone()[0]
     while True:
-        rows = conn.execute("SELECT seq, kind, ref FROM fleet_outbox WHERE seq > ?"
-                            " ORDER BY seq LIMIT ?", (after, size)).fetchall()
+        rows = conn.execute("SELECT seq, kind, ref FROM fleet_outbox WHERE seq > ? AND seq <= ?"
+                            " ORDER BY seq LIMIT ?", (after, last, size)).fetchall()
         if not rows:
             return
         message_ids = sorted({ref for _, kind, ref in rows if kind == MESSAGE})

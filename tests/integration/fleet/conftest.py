@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -38,15 +37,20 @@ class FleetDatabase:
 
 @pytest.fixture(scope="session")
 def fleet_role(postgres_server: Postgres) -> Postgres:
+    """The shared server with the login role ``fleet`` (password ``fleet-secret``)."""
     postgres_server.psql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'")
     return postgres_server
 
 
-@pytest.fixture
-def fleet_db(fleet_role: Postgres, tmp_path: Path) -> Iterator[FleetDatabase]:
-    """An empty database of its own (``backupmx fleet init`` not run yet)."""
+def new_database(server: Postgres, folder: Path) -> FleetDatabase:
+    """An empty database of its own owned by ``fleet`` (``backupmx fleet init`` not run yet),
+    with the password file in ``folder``."""
     name = "fleet_" + uuid.uuid4().hex[:10]
-    fleet_role.psql(f"CREATE DATABASE {name} OWNER {ROLE}")
-    folder = tmp_path / "secrets"
-    folder.mkdir()
-    yield FleetDatabase(fleet_role, name, write_password(folder, PASSWORD))
+    server.psql(f"CREATE DATABASE {name} OWNER {ROLE}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return FleetDatabase(server, name, write_password(folder, PASSWORD))
+
+
+@pytest.fixture
+def fleet_db(fleet_role: Postgres, tmp_path: Path) -> FleetDatabase:
+    return new_database(fleet_role, tmp_path / "secrets")

@@ -13,16 +13,15 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
 from tests.harness.lab import BackupMxLab, eventually
-from tests.harness.servers import Postgres, write_password
+from tests.harness.servers import Postgres
 from tests.integration.conftest import require_postfix
-from tests.integration.fleet.conftest import PASSWORD, ROLE, FleetDatabase
+from tests.integration.fleet.conftest import FleetDatabase, new_database
 
 A, B = "a.test", "b.test"
 REPO = Path(__file__).resolve().parents[3]
@@ -70,15 +69,8 @@ def ledger_messages(lab: BackupMxLab) -> int:
 
 
 @pytest.fixture(scope="module")
-def store(postgres_server: Postgres,
-          tmp_path_factory: pytest.TempPathFactory) -> FleetDatabase:
-    name = "fleet_lab_" + uuid.uuid4().hex[:8]
-    exists = postgres_server.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'").strip()
-    if not exists:
-        postgres_server.psql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'")
-    postgres_server.psql(f"CREATE DATABASE {name} OWNER {ROLE}")
-    return FleetDatabase(postgres_server, name,
-                         write_password(tmp_path_factory.mktemp("secret"), PASSWORD))
+def store(fleet_role: Postgres, tmp_path_factory: pytest.TempPathFactory) -> FleetDatabase:
+    return new_database(fleet_role, tmp_path_factory.mktemp("secret"))
 
 
 @pytest.fixture(scope="module")

@@ -301,3 +301,22 @@ def test_requests_a_host_cannot_carry_out_are_recorded_with_the_reason(
     assert (results[A]["result"], results[A]["held_before"], results[A]["remaining"]) == \
         ("complete", 0, 0)
     ctx.close()
+
+
+def test_a_store_that_never_answers_costs_the_push_a_bounded_wait(
+        tmp_path: Path) -> None:
+    from tests.harness.servers import HangingServer
+
+    hanging = HangingServer()
+    try:
+        cfg = parse_config(f"[milter]\nledger = {tmp_path / 'ledger.sqlite3'}\n[fleet]\n"
+                           f"database = host=127.0.0.1 port={hanging.port} dbname=x user=x\n")
+        fill(cfg, [record(1)]).close()
+        assert cfg.fleet is not None
+        # Without libpq's connect_timeout this would hang until pytest-timeout fails the test.
+        with pytest.raises(StoreError, match="fleet store:.*timeout"):
+            connect(cfg.fleet)
+        with leader(cfg) as may_send:  # the notifier does not hang either: it sends
+            assert may_send is True
+    finally:
+        hanging.close()

@@ -320,3 +320,27 @@ def test_a_store_that_never_answers_costs_the_push_a_bounded_wait(
             assert may_send is True
     finally:
         hanging.close()
+
+
+def test_check_reports_the_store_the_password_file_and_the_last_push(
+        fleet_db: FleetDatabase, tmp_path: Path) -> None:
+    from backupmx.admin.fleet_check import check_fleet
+
+    def lines(cfg: Config) -> Dict[str, Tuple[str, str]]:
+        return {r.check: (r.status, r.message) for r in check_fleet(cfg)}
+
+    cfg = config(fleet_db, tmp_path, "mx1.test")
+    fill(cfg, [record(1)]).close()
+    found = lines(cfg)
+    assert found["fleet password_file"][0] == "ok"
+    assert found["fleet store"] == ("fail", f"schema version 0, this backupmx needs "
+                                            f"{SCHEMA_VERSION}")
+    assert found["fleet push"][0] == "warn" and "never pushed" in found["fleet push"][1]
+    init(cfg)
+    push_host(cfg, "mx1.test")
+    Path(fleet_db.password_file).chmod(0o644)
+    found = lines(cfg)
+    assert found["fleet store"] == ("ok", f"reachable, schema version {SCHEMA_VERSION}")
+    assert found["fleet push"][0] == "ok"
+    assert found["fleet password_file"][0] == "warn"
+    assert check_fleet(parse_config("")) == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 from backupmx.common.listen import ListenAddress, optional_listen, parse_host_port, parse_listen
 from backupmx.common.values import (
@@ -100,10 +100,6 @@ def _path_list(text: str) -> Tuple[str, ...]:
 
 def _optional_path(text: str) -> Optional[str]:
     return absolute_path(text) if text else None
-
-
-def _optional_text(text: str) -> Optional[str]:
-    return text or None
 
 
 def _delimiter(text: str) -> Optional[str]:
@@ -258,11 +254,3 @@ def load_config(path: str = DEFAULT_CONFIG_PATH) -> Config:
     return parse_config(text, os.path.abspath(path))
 
 
-def check_readable(paths: List[str]) -> None:
-    """Fail early, with the path, when a file the configuration names cannot be read."""
-    for path in paths:
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as error:
-            raise ConfigError(f"{path}: cannot read: {error.strerror}") from None

@@ -52,6 +52,7 @@ class PolicydConfig:
     recipient_delimiter: Optional[str]  # None: ask Postfix (postconf recipient_delimiter)
     log_accepts: bool
     map_check_interval: float
+    max_shrink: float  # a fraction, 0 to 1
     idle_timeout: float
     max_line_length: int
     max_attributes: int
@@ -107,6 +108,18 @@ def _boolean(text: str) -> bool:
     if lowered in ("no", "false", "off", "0"):
         return False
     raise ValueError(f"{text!r} is not yes or no")
+
+
+def _share(text: str) -> float:
+    """``20%`` (or ``20``) -> 0.2; from 0% to 100%."""
+    number = text[:-1].strip() if text.endswith("%") else text
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a percentage like 20%") from None
+    if not 0 <= value <= 100:
+        raise ValueError(f"{text!r} must be between 0% and 100%")
+    return value / 100
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -174,6 +187,9 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
         "recipient_delimiter": (_delimiter, ""),
         "log_accepts": (_boolean, "no"),
         "map_check_interval": (_positive_seconds, "5"),
+        # an automatic map reload that drops more than this share of a domain's addresses is
+        # held back (the file is probably being written); SIGHUP applies it anyway
+        "max_shrink": (_share, "20%"),
         "idle_timeout": (_positive_seconds, "600"),
         "max_line_length": (_positive_int, "8192"),
         "max_attributes": (_positive_int, "200"),

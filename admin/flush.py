@@ -128,8 +128,8 @@ def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: fl
                            f"flushing, the mail would only be deferred again. --force flushes "
                            f"anyway.")
     ledger = ctx.ledger()
-    held_before = reconcile(ledger, snapshot(ctx), ctx.clock(), domain=domain) \
-        .still_held.get(domain, 0)
+    held_before = reconcile(ledger, snapshot(ctx), ctx.clock(), domain=domain,
+                            relay_domains=ctx.config.domains).still_held.get(domain, 0)
     flush_id = ledger.start_flush(domain, trigger, force, report.status, held_before, ctx.clock())
     result = ctx.postfix.flush_domain(domain)
     if result.returncode != 0:
@@ -150,7 +150,8 @@ def wait_until_left(ctx: CommandContext, domain: str, flush_id: int, wait: float
     deadline = ctx.clock() + wait
     while True:
         now = ctx.clock()
-        still = reconcile(ctx.ledger(), snapshot(ctx), now, flush_id=flush_id, domain=domain)
+        still = reconcile(ctx.ledger(), snapshot(ctx), now, flush_id=flush_id, domain=domain,
+                          relay_domains=ctx.config.domains)
         remaining = still.still_held.get(domain, 0)
         if remaining == 0 or now >= deadline:
             return remaining
@@ -160,7 +161,7 @@ def wait_until_left(ctx: CommandContext, domain: str, flush_id: int, wait: float
 def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
     """Flush every domain with held mail whose primary is up; exit status."""
     ledger = ctx.ledger()
-    reconcile(ledger, snapshot(ctx), ctx.clock())
+    reconcile(ledger, snapshot(ctx), ctx.clock(), relay_domains=ctx.config.domains)
     summaries = ledger.summaries()
     candidates = {d: ctx.config.domains[d] for d, s in summaries.items()
                   if d in ctx.config.domains and s.held_messages > 0}

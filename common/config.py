@@ -20,6 +20,7 @@ from backupmx.common.values import (
     domain_name,
     positive_int,
     positive_seconds,
+    share,
 )
 
 DEFAULT_CONFIG_PATH = "/etc/backupmx/backupmx.conf"
@@ -59,6 +60,7 @@ class PolicydConfig:
     recipient_delimiter: Optional[str]  # None: ask Postfix (postconf recipient_delimiter)
     log_accepts: bool
     map_check_interval: float
+    max_shrink: float  # a fraction, 0 to 1
     idle_timeout: float
     max_line_length: int
     max_attributes: int
@@ -136,6 +138,9 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
         "recipient_delimiter": (_delimiter, ""),
         "log_accepts": (boolean, "no"),
         "map_check_interval": (positive_seconds, "5"),
+        # an automatic map reload that drops more than this share of a domain's addresses is
+        # held back (the file is probably being written); SIGHUP applies it anyway
+        "max_shrink": (share, "20%"),
         "idle_timeout": (positive_seconds, "600"),
         "max_line_length": (positive_int, "8192"),
         "max_attributes": (positive_int, "200"),

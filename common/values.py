@@ -74,3 +74,17 @@ def domain_list(text: str) -> Tuple[str, ...]:
     if len(set(domains)) != len(domains):
         raise ValueError("a domain is listed twice")
     return domains
+
+
+def share(text: str) -> float:
+    """A share: ``20%`` or ``0.2`` -> 0.2, from 0 (0%) to 1 (100%)."""
+    number = text[:-1].strip() if text.endswith("%") else text
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a share such as 20% or 0.2") from None
+    if text.endswith("%"):
+        value /= 100
+    if not 0 <= value <= 1:
+        raise ValueError(f"{text!r} must be between 0% and 100%")
+    return value

@@ -27,7 +27,14 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
-from backupmx.common.values import absolute_path, boolean, choice, domain_list, positive_seconds
+from backupmx.common.values import (
+    absolute_path,
+    boolean,
+    choice,
+    domain_list,
+    positive_seconds,
+    share,
+)
 
 SOURCE_TYPES = ("ldap", "pgsql", "mysql", "sqlite", "command", "file", "push")
 
@@ -176,20 +183,6 @@ class SourceSettings:
 
 # ---- value parsers: text -> value, ValueError with a short reason -----------------------------
 
-def _fraction(text: str) -> float:
-    """``20%`` or ``0.2`` -> 0.2, within 0..1."""
-    number = text[:-1].strip() if text.endswith("%") else text
-    try:
-        value = float(number)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a share such as 20% or 0.2") from None
-    if text.endswith("%"):
-        value /= 100
-    if not 0 <= value <= 1:
-        raise ValueError(f"{text!r} must be between 0% and 100%")
-    return value
-
-
 def _text(text: str) -> str:
     if not text:
         raise ValueError("must not be empty")
@@ -256,7 +249,7 @@ _COMMON: Dict[str, Tuple[_Parser, Any]] = {
     "domains": (domain_list, ()),
     "interval": (positive_seconds, 300.0),
     "timeout": (positive_seconds, 60.0),
-    "max_shrink": (_fraction, 0.2),
+    "max_shrink": (share, 0.2),
     "stale_after": (positive_seconds, 3600.0),
 }
 # type -> (settings class, key -> (field name, parser, required?)); absent optional keys take

@@ -51,11 +51,13 @@ class PrimaryState:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One probe of a domain's primary: up or not, which host, and any configuration error."""
+    """One probe of a domain's primary: up or not, which host(s), any configuration error, and
+    ``detail``: why there was no host to try (the MX lookup failed), empty otherwise."""
 
     up: bool
     host: str
     error: Optional[str] = None
+    detail: str = ""
 
 
 class ConfigurationProblem(Exception):
@@ -187,7 +189,7 @@ def probe_primary(reactor: Any, domain: str, spec: PrimarySpec, timeout: float,
     def failed(failure: Any) -> ProbeResult:
         if failure.check(ConfigurationProblem):
             return ProbeResult(False, "", failure.getErrorMessage())
-        return ProbeResult(False, f"(MX lookup failed: {failure.getErrorMessage()})")
+        return ProbeResult(False, "", detail=f"MX lookup failed: {failure.getErrorMessage()}")
 
     return lookup.addCallback(chosen).addErrback(failed)
 

@@ -229,4 +229,5 @@ class ProbePrimaryTests(unittest.TestCase):
                                      FakeResolver({}))
         self.assertFalse(result.up)
         self.assertIsNone(result.error)
-        self.assertIn("MX lookup failed", result.host)
+        self.assertEqual(result.host, "")
+        self.assertIn("MX lookup failed", result.detail)

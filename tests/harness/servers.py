@@ -221,7 +221,11 @@ def person_ldif(parent: str, person: Dict[str, Sequence[str]]) -> str:
 class Postgres:
     """A private PostgreSQL 15 cluster, run as the ``postgres`` user, listening only on a unix
     socket in ``root/socket``. Password authentication (scram-sha-256) for everyone: superuser
-    ``postgres`` / ``superuser_password``; tests create their own roles with ``sql``."""
+    ``postgres`` / ``superuser_password``; tests create their own roles with ``psql``.
+
+    ``root`` and its parents must stay searchable by the postgres user: ``setup`` adds the x
+    bits, but pytest takes them off /tmp/pytest-of-root whenever another session starts, so
+    give a folder outside it (tests/sources/conftest.py ``outside_pytest_root``)."""
 
     superuser_password = "postgres-secret"
 

@@ -8,6 +8,8 @@ each other's data. Missing packages or a non-root user make these tests fail, no
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from typing import Iterator
 
@@ -30,16 +32,27 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+def postgres() -> Iterator[Postgres]:
     """A running private PostgreSQL with role ``reader`` (password ``reader-secret``) owning the
     database ``directory``."""
     _require_root()
-    server = Postgres(tmp_path_factory.mktemp("postgres")).setup().start()
+    root = outside_pytest_root("postgres")
+    server = Postgres(root)
     try:
+        server.setup().start()
         server.create_database("directory", "reader", "reader-secret")
         yield server
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def outside_pytest_root(name: str) -> Path:
+    """A fresh folder under /tmp for servers run as another user (postgres). Not under pytest's
+    /tmp/pytest-of-root: every pytest session that starts (another run on the same machine)
+    takes the group and other bits off that folder, and the other user could no longer reach
+    its files. The caller removes it."""
+    return Path(tempfile.mkdtemp(prefix=f"backupmx-test-{name}-"))
 
 
 @pytest.fixture(scope="session")

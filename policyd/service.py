@@ -7,9 +7,10 @@ assignment; a failed reload logs why and keeps the last good state.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -17,8 +18,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from backupmx.common.config import Config, ConfigError, load_config
+from backupmx.common.decision import Decision, Policy, decide
 from backupmx.common.maps import (
     LoadedMaps,
+    current_freshness,
     file_signature,
     load_maps,
     map_paths,
@@ -26,7 +29,6 @@ from backupmx.common.maps import (
 )
 from backupmx.common.recipient_map import MapError, RecipientMap, release_in_steps
 from backupmx.policyd.codec import Request
-from backupmx.policyd.decision import Decision, Policy, decide
 from backupmx.policyd.decision_log import DecisionLog
 from backupmx.policyd.primary_monitor import PrimaryMonitor
 
@@ -41,7 +43,13 @@ def build_policy(config: Config, maps: LoadedMaps) -> Policy:
         networks=maps.networks,
         primary_up_action=config.policyd.primary_up_action,
         scope=maps.scope,
+        fresh_until=dict(maps.fresh_until),
     )
+
+
+def stale_domains(fresh_until: Mapping[str, float], now: float) -> FrozenSet[str]:
+    """The domains whose recipients are stale at ``now``."""
+    return frozenset(d for d, deadline in fresh_until.items() if deadline <= now)
 
 
 #: how long a reload in a worker thread sleeps at each pause (see load_recipient_map)
@@ -118,6 +126,8 @@ class PolicyService:
         self.log_accepts = config.policyd.log_accepts
         self._warned_unmapped: Set[str] = set()
         self.policy = build_policy(config, maps)
+        self.source_states = dict(maps.states)
+        self._note_staleness()
         if replaced:
             # The old map and policy are gone now; the sets live on only in `replaced`. A
             # thread of its own: nothing waits for it, and reloads keep their single job.
@@ -201,14 +211,41 @@ class PolicyService:
             self.reload()
         return result
 
+    def _note_staleness(self) -> None:
+        """Log each domain whose recipients went stale or fresh again (once per change)."""
+        stale = stale_domains(self.policy.fresh_until, self.reactor.seconds())
+        previous: FrozenSet[str] = getattr(self, "_stale", frozenset())
+        for domain in sorted(stale - previous):
+            self.log.warn("recipients of {domain} are stale (no source synced them within its "
+                          "stale_after): unknown recipients get 450 4.1.1, not 550",
+                          domain=domain)
+        for domain in sorted(previous - stale):
+            self.log.info("recipients of {domain} are fresh again", domain=domain)
+        self._stale = stale
+
+    def _apply_freshness(self, fresh_until: Dict[str, float],
+                         states: Dict[str, Any]) -> None:
+        self.source_states = states
+        if fresh_until != self.policy.fresh_until:
+            self.policy = dataclasses.replace(self.policy, fresh_until=fresh_until)
+        self._note_staleness()
+
     def check_maps(self) -> Deferred:
-        """Reload the maps when a map file changed (mtime, size or inode), off the reactor."""
+        """Reload the maps when a map file changed (mtime, size or inode), off the reactor;
+        re-read the sources' states and the domains' freshness every time (cheap)."""
         if self._reloading is not None:
             return maybeDeferred(lambda: None)
         paths = map_paths(self.config)
-        checking = self.run_in_thread(file_signature, paths)
+        checked, recipients = self.config, self.maps.recipients
 
-        def compare(signature: Tuple[Any, ...]) -> Any:
+        def look() -> Tuple[Any, Tuple[Dict[str, float], Dict[str, Any]]]:
+            return file_signature(paths), current_freshness(checked, recipients)
+        checking = self.run_in_thread(look)
+
+        def compare(looked: Tuple[Any, Tuple[Dict[str, float], Dict[str, Any]]]) -> Any:
+            signature, (fresh_until, states) = looked
+            if checked is self.config and recipients is self.maps.recipients:
+                self._apply_freshness(fresh_until, states)
             if signature == self.maps.signature or signature == self._failed_signature:
                 return None
             if self._reloading is not None:

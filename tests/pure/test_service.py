@@ -106,7 +106,7 @@ def test_removed_map_keeps_last_good(setup: Setup, events: List[dict]) -> None:
     setup.recipients.unlink()
     service.check_maps()
     service.check_maps()
-    assert service.policy is good
+    assert service.policy.recipients is good.recipients
     assert len(messages(events, LogLevel.error)) == 1
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from backupmx.common.config import Config
+from backupmx.common.decision import Policy
 from backupmx.common.postfix import Postfix, PostfixError
 from backupmx.common.recipient_map import RecipientMap, load_recipient_map
 from backupmx.common.recipient_sources import (
@@ -131,3 +132,16 @@ def load_recipients(config: Config, delimiter: str = "") -> Tuple[RecipientMap, 
     recipients = load_recipient_map(recipient_paths(config), delimiter)
     fresh, _ = current_freshness(config, recipients)
     return recipients, fresh
+
+
+def build_policy(config: Config, maps: LoadedMaps) -> Policy:
+    """The decision's view of a configuration and its loaded maps (policyd's, and the one
+    ``backupmx query`` answers from)."""
+    return Policy(
+        domains=frozenset(config.domains),
+        recipients=maps.recipients,
+        networks=maps.networks,
+        primary_up_action=config.policyd.primary_up_action,
+        scope=maps.scope,
+        fresh_until=dict(maps.fresh_until),
+    )

@@ -18,9 +18,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from backupmx.common.config import Config, ConfigError, load_config
-from backupmx.common.decision import Decision, Policy, decide
+from backupmx.common.decision import Decision, decide
 from backupmx.common.maps import (
     LoadedMaps,
+    build_policy,
     current_freshness,
     file_signature,
     load_maps,
@@ -33,18 +34,6 @@ from backupmx.policyd.decision_log import DecisionLog
 from backupmx.policyd.primary_monitor import PrimaryMonitor
 
 DecisionObserver = Callable[[Request, Decision], None]
-
-
-def build_policy(config: Config, maps: LoadedMaps) -> Policy:
-    """The decision's view of a configuration and its loaded maps."""
-    return Policy(
-        domains=frozenset(config.domains),
-        recipients=maps.recipients,
-        networks=maps.networks,
-        primary_up_action=config.policyd.primary_up_action,
-        scope=maps.scope,
-        fresh_until=dict(maps.fresh_until),
-    )
 
 
 def stale_domains(fresh_until: Mapping[str, float], now: float) -> FrozenSet[str]:
@@ -92,6 +81,8 @@ class PolicyService:
         self._reload_again = False
         self._map_check: Optional[LoopingCall] = None
         self._failed_signature: Optional[Tuple[Any, ...]] = None
+        #: starts the recipient source syncs (policyd.recipient_sync.SyncScheduler), if any
+        self.scheduler: Optional[Any] = None
         # (succeeded, when) of the last reload attempt, for metrics; start counts as one.
         self.last_reload: Tuple[bool, float] = (True, reactor.seconds())
         self._install(config, maps)
@@ -149,14 +140,21 @@ class PolicyService:
             return {}
         return dict(current.recipients.users)
 
+    def last_attempts(self) -> Dict[str, Optional[float]]:
+        return {name: state.last_attempt for name, state in self.source_states.items()}
+
     def start(self) -> None:
         self.primaries.start()
+        if self.scheduler is not None:
+            self.scheduler.start(self.last_attempts())
         self._map_check = LoopingCall(self.check_maps)
         self._map_check.clock = self.reactor
         self._map_check.start(self.config.policyd.map_check_interval, now=False)
 
     def stop(self) -> None:
         self.primaries.stop()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         if self._map_check is not None and self._map_check.running:
             self._map_check.stop()
 
@@ -193,6 +191,8 @@ class PolicyService:
                                  down_after=config.policyd.primary_down_after)
         self.primaries.probe_all()
         self._install(config, maps)
+        if self.scheduler is not None:
+            self.scheduler.configure(config, self.last_attempts())
         self._failed_signature = None
         self.last_reload = (True, self.reactor.seconds())
         self.log.info("reloaded {path}: {domains} domains, {count} recipient keys",

@@ -144,7 +144,7 @@ def test_a_failure_keeps_the_snapshot_and_is_logged_once_per_change(tmp_path: Pa
     before = Path(store.map_path("dir")).read_bytes()
     fetch.error = SourceUnreachable("LDAP ldap://x: connection refused")
     for now in (2.0, 3.0, 4.0):
-        assert not sync_source(source(), store, log.append, fetch, clock=lambda: now).ok
+        assert not sync_source(source(), store, log.append, fetch, clock=lambda now=now: now).ok
     assert Path(store.map_path("dir")).read_bytes() == before
     assert [line for line in log if "failed" in line] == [
         "recipient source dir: sync failed, keeping the last good snapshot: "

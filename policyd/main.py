@@ -23,10 +23,22 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def require_drivers(config: Config) -> None:
+    """ConfigError (one line naming the Debian package) when a source's driver is missing."""
+    from backupmx.sources import require_driver
+    from backupmx.sources.errors import DriverMissing
+    for source in config.sources:
+        try:
+            require_driver(source.type)
+        except DriverMissing as error:
+            raise ConfigError(f"{config.path}: [recipients {source.name}]: {error}") from None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config)
+        require_drivers(config)
         if not args.check_config:
             return run(config)
         maps = load_maps(config)
@@ -64,6 +76,8 @@ def run(config: Config) -> int:
                                down_after=settings.primary_down_after,
                                local_names=_local_names(config))
     service = PolicyService(reactor, config, maps, primaries)
+    from backupmx.policyd.recipient_sync import SyncScheduler
+    service.scheduler = SyncScheduler(reactor, config, service.check_maps)
     # the service holds the maps now: no frame of ours may keep the start-up maps alive after
     # a reload has replaced them (a 1,000,000-address map holds about 110 MiB)
     del maps

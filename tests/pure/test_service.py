@@ -116,7 +116,7 @@ def test_removed_map_keeps_last_good(setup: Setup, events: List[dict]) -> None:
     setup.recipients.unlink()
     for _ in range(3):
         service.check_maps()
-    assert service.policy is good
+    assert service.policy.recipients is good.recipients
     assert len(messages(events, LogLevel.error)) == 1
 
 

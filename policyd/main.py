@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import signal
 import sys
+import time
 from typing import List, Optional
 
 from backupmx.policyd import version
@@ -80,13 +82,41 @@ def run(config: "Config", startup_maps: "List[LoadedMaps]") -> int:
     if metrics_port is not None:
         log.info("Prometheus metrics on {address}",
                  address=runtime.bound_address(metrics_port, settings.metrics))
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload))
+    reloads = itertools.count(1)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(
+        _reload_on_signal, service, next(reloads)))
     reactor.callWhenRunning(service.start)
-    reactor.callWhenRunning(runtime.notify, "READY=1")
+    reactor.callWhenRunning(runtime.notify, f"READY=1\nSTATUS={_serving(service)}")
     reactor.addSystemEventTrigger("before", "shutdown", service.stop)
     reactor.addSystemEventTrigger("before", "shutdown", runtime.notify, "STOPPING=1")
     reactor.run()
     return 0
+
+
+def _serving(service) -> str:  # type: ignore[no-untyped-def]
+    return (f"serving {len(service.config.domains)} domains, "
+            f"{len(service.maps.recipients)} recipient keys")
+
+
+def _reload_on_signal(service, number: int) -> None:  # type: ignore[no-untyped-def]
+    """SIGHUP: reload, telling systemd ``RELOADING=1`` now and ``READY=1`` once it is done.
+
+    The STATUS text ``reload #N: ok ...`` or ``reload #N: failed ...`` is what the unit's
+    ExecReload helper (/usr/lib/backupmx/policyd-reload) waits for, so that ``systemctl reload``
+    returns when the reload is applied and fails when it was refused. MONOTONIC_USEC makes the
+    same messages serve systemd 253's Type=notify-reload.
+    """
+    from backupmx.policyd import runtime
+
+    runtime.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\n"
+                   f"STATUS=reload #{number}: reloading")
+
+    def done(applied: bool) -> None:
+        outcome = (f"ok, {_serving(service)}" if applied
+                   else "failed, keeping the running configuration (see the log)")
+        runtime.notify(f"READY=1\nSTATUS=reload #{number}: {outcome}")
+
+    service.reload_and_report().addCallback(done)
 
 
 def _serve_metrics(reactor, address, service, factory):  # type: ignore[no-untyped-def]

@@ -32,8 +32,7 @@ GOOD: Dict[str, str] = {
     "queue_directory": "/var/spool/postfix",
     "smtpd_relay_restrictions": "permit_mynetworks, defer_unauth_destination",
     "smtpd_recipient_restrictions": "permit_mynetworks, reject_unauth_destination, "
-                                    "check_policy_service { inet:127.0.0.1:10040, timeout=10s, "
-                                    "default_action=DUNNO }",
+                                    "check_policy_service { inet:127.0.0.1:10040, timeout=10s }",
     "smtpd_milters": "{ inet:127.0.0.1:8890, default_action=accept }",
     "milter_default_action": "tempfail",
     "maximal_queue_lifetime": "30d",
@@ -149,7 +148,9 @@ def test_unix_socket_relative_to_queue_directory() -> None:
 
 
 @pytest.mark.parametrize("options, globals_, timeout, action", [
-    ("timeout=10s, default_action=DUNNO", {}, OK, OK),
+    ("timeout=10s", {}, OK, OK),
+    ("timeout=10s, default_action=DUNNO", {}, OK, FAIL),  # unchecked: backscatter
+    ("timeout=10s", {"smtpd_policy_service_default_action": "DUNNO"}, OK, FAIL),
     ("", {}, WARN, OK),  # Postfix defaults: 100s, 451 4.3.5
     ("", {"smtpd_policy_service_timeout": "20s"}, OK, OK),
     ("timeout=10s, default_action=REJECT", {}, OK, FAIL),

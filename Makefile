@@ -9,7 +9,7 @@ SYSTEM_PATH := /usr/sbin:/usr/bin:/sbin:/bin
 .PHONY: help deb rpm clean
 
 help:
-	@echo "make deb    build dist/backupmx_$(VERSION)-*_all.deb (dpkg-buildpackage, then lintian)"
+	@echo "make deb    build dist/backupmx_$(VERSION)-*_all.deb (dpkg-buildpackage, then lintian -I --pedantic)"
 	@echo "make rpm    build dist/backupmx-$(VERSION)-*.noarch.rpm (rpmbuild, also on Debian)"
 	@echo "make clean  remove dist/"
 
@@ -32,7 +32,7 @@ deb:
 	cp -r packaging/debian "$$tree/backupmx-$(VERSION)/debian"; \
 	(cd "$$tree/backupmx-$(VERSION)" && PATH=$(SYSTEM_PATH) dpkg-buildpackage -us -uc -b); \
 	mkdir -p $(DIST); cp "$$tree"/*.deb $(DIST)/; \
-	PATH=$(SYSTEM_PATH) lintian --fail-on error "$$tree"/*.changes
+	PATH=$(SYSTEM_PATH) lintian -I --pedantic --fail-on error,warning,info,pedantic "$$tree"/*.changes
 
 rpm:
 	set -e; tree=$$(mktemp -d); trap 'rm -rf "$$tree"' EXIT; \

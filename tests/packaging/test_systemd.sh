@@ -287,6 +287,8 @@ check "$PREVIOUS_VERSION: the admin edits the conffiles (relay domain, recipient
 until_ok 30 milter_listening && until_ok 30 policyd_listening
 check "$PREVIOUS_VERSION: 2 messages accepted while the primary is down" send_mail 2
 check "$PREVIOUS_VERSION: the messages are recorded in the ledger" until_ok 20 held_is 2
+root_flush_previous() { ct backupmx flush --auto && ct stat -c '%U' "$LOCK" | tee /dev/stderr | grep -qx root; }
+check "$PREVIOUS_VERSION: root's 'backupmx flush --auto' leaves a lock only root can open" root_flush_previous
 ledger_dump >"$LOG/ledger-before" 2>&1
 ct md5sum /etc/backupmx/backupmx.conf /etc/backupmx/relay_recipients >"$LOG/conffiles-before"
 check "upgrade to $VERSION with apt (keeping edited conffiles, as unattended-upgrades does)" \
@@ -298,9 +300,12 @@ ledger_kept() { test -s "$LOG/ledger-before" && ledger_dump | diff "$LOG/ledger-
 check "upgrade: every ledger record kept ($(wc -l <"$LOG/ledger-before") rows)" ledger_kept
 conffiles_kept() {
     ct md5sum /etc/backupmx/backupmx.conf /etc/backupmx/relay_recipients | diff "$LOG/conffiles-before" - &&
-    ct grep -qx "$DOMAIN = \[127.0.0.1\]:2526" /etc/backupmx/backupmx.conf
+    ct grep -qx "$DOMAIN = \[127.0.0.1\]:2526" /etc/backupmx/backupmx.conf &&
+    ct grep -q 'man backupmx.conf' /etc/backupmx/backupmx.conf.dpkg-dist  # the new version beside it
 }
-check "upgrade: the edited conffiles kept" conffiles_kept
+check "upgrade: the edited conffiles kept (the new backupmx.conf as .dpkg-dist)" conffiles_kept
+lock_repaired() { ct stat -c '%U:%G' "$LOCK" | tee /dev/stderr | grep -qx backupmx:backupmx; }
+check "upgrade: the lock left to root by $PREVIOUS_VERSION given back to backupmx" lock_repaired
 check "upgrade: the daemons run the new units (milter Type=notify)" \
     test "$(unit_prop backupmx-milter.service Type)" = notify
 
@@ -372,13 +377,15 @@ ct cp "$CONF" /root/test/backupmx.conf.good
 good_reload() {
     ct sed -i '/^\[policyd\]/a primary_up_action = ignore' "$CONF" || return 1
     ct systemctl reload backupmx-policyd.service || return 1
-    unit_prop backupmx-policyd.service StatusText | tee /dev/stderr | grep -q '^reload #[0-9]*: ok'
+    unit_prop backupmx-policyd.service StatusText | tee /dev/stderr | grep -q '^reload #[0-9]*: ok' &&
+    ct journalctl -u backupmx-policyd.service --no-pager -o cat | grep -q "^reloaded $CONF" &&
     expect_rcpt "alice@$DOMAIN" 250  # at once: primary_up_action = ignore is applied
 }
 check "systemctl reload (valid change): applied when it returns" good_reload
 bad_reload() {
     ct sed -i '/^\[policyd\]/a no_such_key = 1' "$CONF" || return 1
     if ct systemctl reload backupmx-policyd.service; then echo "reload succeeded"; return 1; fi
+    ct journalctl -u backupmx-policyd.service --no-pager -o cat | grep "no_such_key: unknown key" &&
     ct systemctl is-active backupmx-policyd.service && expect_rcpt "alice@$DOMAIN" 250
 }
 check "systemctl reload (invalid file) fails; the running configuration stays" bad_reload

@@ -31,6 +31,8 @@ check() {
 }
 installed() { dpkg-query -W -f='${Status}' backupmx 2>/dev/null | grep -q "ok installed"; }
 purge() { apt-get purge -y -q backupmx >"$LOG/purge" 2>&1; }
+# Other apt users may hold the lock for a while: wait for it instead of failing.
+apt-get() { command apt-get -o DPkg::Lock::Timeout=900 "$@"; }
 
 user_existed=no
 getent passwd backupmx >/dev/null && user_existed=yes
@@ -100,7 +102,7 @@ else
 fi
 
 echo "== purge"
-check "apt-get purge backupmx" purge
+check "apt-get purge backupmx" apt-get purge -y -q backupmx
 for path in /etc/backupmx /var/lib/backupmx /var/spool/postfix/backupmx \
         /usr/lib/python3/dist-packages/backupmx /usr/bin/backupmx-policyd \
         /lib/systemd/system/backupmx-policyd.service; do

@@ -114,7 +114,8 @@ poweroff() {
 
 finish() {
     poweroff
-    rm -rf "$WORK"
+    umount "$WORK/build/proc" 2>/dev/null  # if stopped while building the tree
+    rm -rf --one-file-system "$WORK"
     echo
     echo "== systemd test: ${#passed[@]} passed, ${#failed[@]} failed in $(elapsed "$started_at")"
     for name in "${failed[@]}"; do echo "   FAIL $name"; done

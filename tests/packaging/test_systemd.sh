@@ -338,6 +338,7 @@ documented() {  # every man: page a unit names is installed
     local unit page name section ok=0
     for unit in backupmx-policyd.service backupmx-milter.service backupmx-flush.service backupmx-flush.timer; do
         for page in $(unit_prop "$unit" Documentation); do
+            page=${page//\"/}  # systemctl show quotes each entry
             [[ $page == man:* ]] || { echo "$unit: $page is not a manual page"; ok=1; continue; }
             name=${page#man:}; section=${name##*(}; section=${section%)}; name=${name%(*}
             if ct test -f "/usr/share/man/man$section/$name.$section.gz"; then echo "$unit: $page"

@@ -4,6 +4,9 @@
     smtp_probe.py send ADDRESS    sends a message; prints Postfix's reply to DATA ("250 ... queued
                                   as QUEUEID"); exit status 1 if it was not accepted
     smtp_probe.py connect PATH    exit status 0 if a unix socket accepts a connection now
+    smtp_probe.py restart UNIT:PATH
+                                  systemctl restart UNIT, then connect to PATH at once (no
+                                  delay in between: the unit must be listening when started)
 
 The client binds 127.0.0.10, outside the test's mynetworks (127.0.0.1/32), so that
 permit_mynetworks does not skip the policy service.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import subprocess
 import sys
 
 CLIENT = ("127.0.0.10", 0)
@@ -59,8 +63,15 @@ def connect(path: str) -> int:
     return 0
 
 
+def restart(unit_and_path: str) -> int:
+    unit, _, path = unit_and_path.partition(":")
+    if subprocess.run(["systemctl", "restart", unit]).returncode != 0:
+        return 1
+    return connect(path)
+
+
 if __name__ == "__main__":
-    commands = {"rcpt": rcpt, "send": send, "connect": connect}
+    commands = {"rcpt": rcpt, "send": send, "connect": connect, "restart": restart}
     if len(sys.argv) != 3 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     sys.exit(commands[sys.argv[1]](sys.argv[2]))

@@ -174,14 +174,14 @@ prepare_tree() {
 # ---- the debs -------------------------------------------------------------------------------
 
 DEB=$WORK/dist/backupmx_${VERSION}-1_all.deb
-PREVIOUS_DEB=$CACHE/backupmx_${PREVIOUS_VERSION}-1_all.deb
+PREVIOUS_DEB=$CACHE/$PREVIOUS_COMMIT/backupmx_${PREVIOUS_VERSION}-1_all.deb
 
 build_current() { make -s deb DIST="$WORK/dist" >"$LOG/make" 2>&1 || { tail -30 "$LOG/make"; return 1; }; test -f "$DEB"; }
 
 build_previous() {
     [ -f "$PREVIOUS_DEB" ] && return 0
     local source=$WORK/previous
-    mkdir -p "$source" "$CACHE"
+    mkdir -p "$source" "$(dirname "$PREVIOUS_DEB")"
     git -C "$REPO" archive "$PREVIOUS_COMMIT" | tar -x -C "$source" || return 1
     make -s -C "$source" deb DIST="$WORK/previous-dist" >"$LOG/make-previous" 2>&1 \
         || { tail -30 "$LOG/make-previous"; return 1; }
@@ -351,7 +351,7 @@ check "units' Documentation= names installed manual pages" documented
 milter_ready_at_restart() {
     local i
     for i in 1 2; do  # no wait: the socket must listen when systemctl returns
-        ct systemctl restart backupmx-milter.service && milter_listening || return 1
+        smtp restart "backupmx-milter.service:$SOCKETS/milter.sock" || return 1
     done
 }
 check "milter listens as soon as systemctl restart returns (2 restarts)" milter_ready_at_restart

@@ -2,7 +2,7 @@
 
 libmilter binds and listens inside ``smfi_main`` (``Milter.runmilter``), which only returns when
 the milter stops and has no "now listening" callback. So a daemon thread polls the kernel's socket
-tables (``/proc/net/unix``, ``/proc/net/tcp`` and ``tcp6``, see proc(5)) until the configured
+tables (``/proc/self/net/unix``, ``tcp`` and ``tcp6``, see proc(5)) until the configured
 socket is in the listening state, then sends ``READY=1``: systemd starts Postfix (ordered after
 the milter) only when a connection to the milter can succeed.
 """
@@ -14,7 +14,9 @@ from typing import Callable, Iterable
 
 from backupmx.policyd.listen import ListenAddress
 
-PROC_NET = "/proc/net"
+# The process's own view (its network namespace), present even under systemd's ProcSubset=pid,
+# which hides /proc/net.
+PROC_NET = "/proc/self/net"
 POLL_INTERVAL = 0.01  # seconds; libmilter listens within milliseconds of starting
 _UNIX_ACCEPTCON = 0x10000  # __SO_ACCEPTCON in /proc/net/unix Flags: listen() was called
 _TCP_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp "st"

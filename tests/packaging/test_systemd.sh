@@ -160,7 +160,9 @@ build_tree() {
     ((status == 0)) || return 1
     echo "$MACHINE" >"$tree/etc/hostname"
     mkdir -p "$CACHE"
-    tar --numeric-owner -C "$tree" -cf "$TREE_TAR.part" . && mv "$TREE_TAR.part" "$TREE_TAR"
+    tar --numeric-owner -C "$tree" -cf "$TREE_TAR.part" . && mv "$TREE_TAR.part" "$TREE_TAR" || return 1
+    # Trees of other package lists or mirrors are stale now (about 500 MB each).
+    find "$CACHE" -maxdepth 1 -name 'bookworm-*.tar' ! -name "$(basename "$TREE_TAR")" -delete
     rm -rf "$tree"
 }
 

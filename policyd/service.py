@@ -18,6 +18,7 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from backupmx.common.config import Config, ConfigError, load_config
 from backupmx.common.decision import Decision, decide
@@ -213,6 +214,35 @@ class PolicyService:
         reloading.addCallbacks(self._apply_reload, self._reload_failed)
         reloading.addBoth(self._reload_done)
         return reloading
+
+    def reload_and_report(self) -> Deferred:
+        """Reload as on SIGHUP; a Deferred firing with True once a reload begun after this call
+        is applied, False when that reload failed (the running configuration is kept).
+
+        Unlike reload(), whose Deferred may be that of a run already under way (which read the
+        files before the caller changed them), this one waits for the run queued after it.
+        """
+        busy = self._reloading
+        started = self.reload()
+        outcome: Deferred = Deferred()
+
+        def report(result: Any) -> Any:
+            outcome.callback(not isinstance(result, Failure) and self.last_reload[0])
+            return result
+
+        def after_busy(result: Any) -> Any:
+            rerun = self._reloading  # queued by reload() above, started by _reload_done
+            if rerun is None:  # it already finished
+                outcome.callback(self.last_reload[0])
+            else:
+                rerun.addBoth(report)
+            return result
+
+        if busy is None:
+            started.addBoth(report)
+        else:
+            busy.addBoth(after_busy)
+        return outcome
 
     @staticmethod
     def _load_all(path: str) -> Tuple[Config, LoadedMaps]:

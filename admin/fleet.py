@@ -108,7 +108,8 @@ def run_push(ctx: CommandContext, reports: Mapping[str, PrimaryState],
         ledger.replay_journal()
         if not reconciled:
             try:
-                reconcile(ledger, QueueSnapshot.from_text(ctx.postfix.queue_json()), ctx.clock())
+                reconcile(ledger, QueueSnapshot.from_text(ctx.postfix.queue_json()), ctx.clock(),
+                          relay_domains=ctx.config.domains)
             except (PostfixError, QueueFormatError) as error:
                 ctx.warn(f"fleet push: counts not reconciled with the queue: {error}")
         conn = ledger_connect(ctx.config.milter.ledger, create=False)

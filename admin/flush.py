@@ -75,11 +75,26 @@ def lock_path(ledger_path: str) -> str:
     return f"{ledger_path}.flush.lock"
 
 
+def give_to_folder_owner(fd: int, folder: str) -> None:
+    """As root, chown the open file to the owner and group of ``folder`` if they differ."""
+    if os.geteuid() != 0:
+        return
+    owner, current = os.stat(folder), os.fstat(fd)
+    if (current.st_uid, current.st_gid) != (owner.st_uid, owner.st_gid):
+        os.fchown(fd, owner.st_uid, owner.st_gid)
+
+
 @contextmanager
 def flush_lock(path: str, wait: Optional[float], ctx: CommandContext) -> Iterator[bool]:
-    """Hold an flock on path; yields False when wait is None (don't wait) and it is taken."""
+    """Hold an flock on path; yields False when wait is None (don't wait) and it is taken.
+
+    The lock file belongs to the owner of its folder (the daemons' user) even when root runs
+    ``backupmx flush``, as SQLite does with the ledger's -wal and -shm files: else every later
+    run of the flush timer, as that user, would fail with "Permission denied".
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
+        give_to_folder_owner(fd, os.path.dirname(os.path.abspath(path)))
         deadline = None if wait is None else ctx.clock() + wait
         while True:
             try:
@@ -128,8 +143,8 @@ def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: fl
                            f"flushing, the mail would only be deferred again. --force flushes "
                            f"anyway.")
     ledger = ctx.ledger()
-    held_before = reconcile(ledger, snapshot(ctx), ctx.clock(), domain=domain) \
-        .still_held.get(domain, 0)
+    held_before = reconcile(ledger, snapshot(ctx), ctx.clock(), domain=domain,
+                            relay_domains=ctx.config.domains).still_held.get(domain, 0)
     flush_id = ledger.start_flush(domain, trigger, force, report.status, held_before, ctx.clock())
     result = ctx.postfix.flush_domain(domain)
     if result.returncode != 0:
@@ -150,7 +165,8 @@ def wait_until_left(ctx: CommandContext, domain: str, flush_id: int, wait: float
     deadline = ctx.clock() + wait
     while True:
         now = ctx.clock()
-        still = reconcile(ctx.ledger(), snapshot(ctx), now, flush_id=flush_id, domain=domain)
+        still = reconcile(ctx.ledger(), snapshot(ctx), now, flush_id=flush_id, domain=domain,
+                          relay_domains=ctx.config.domains)
         remaining = still.still_held.get(domain, 0)
         if remaining == 0 or now >= deadline:
             return remaining
@@ -164,7 +180,7 @@ def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT,
     With [fleet] every configured primary is probed (the push reports them all; the reactor
     runs once per process) and the reports are left in ``probed`` for it."""
     ledger = ctx.ledger()
-    reconcile(ledger, snapshot(ctx), ctx.clock())
+    reconcile(ledger, snapshot(ctx), ctx.clock(), relay_domains=ctx.config.domains)
     summaries = ledger.summaries()
     candidates = {d: ctx.config.domains[d] for d, s in summaries.items()
                   if d in ctx.config.domains and s.held_messages > 0}

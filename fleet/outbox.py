@@ -15,7 +15,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 MESSAGE, FLUSH = "message", "flush"
 MESSAGE_COLUMNS = ("id", "queue_id", "received_at", "sender", "size", "client_addr",
                    "client_name", "helo")
-DOMAIN_COLUMNS = ("message_id", "domain", "recipients", "state", "changed_at", "flush_id")
+DOMAIN_COLUMNS = ("message_id", "domain", "recipients", "state", "changed_at", "flush_id",
+                  "adopted_at")
 FLUSH_COLUMNS = ("id", "domain", "trigger", "forced", "primary_state", "started_at",
                  "finished_at", "held_before", "delivered", "remaining", "result", "detail")
 

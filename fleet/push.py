@@ -80,7 +80,8 @@ ON CONFLICT (host_id, local_id) DO UPDATE SET queue_id = EXCLUDED.queue_id,
 _UPSERT_DOMAINS = """
 INSERT INTO message_domains SELECT * FROM incoming_domains
 ON CONFLICT (host_id, local_id, domain) DO UPDATE SET recipients = EXCLUDED.recipients,
-    state = EXCLUDED.state, changed_at = EXCLUDED.changed_at, flush_id = EXCLUDED.flush_id
+    state = EXCLUDED.state, changed_at = EXCLUDED.changed_at, flush_id = EXCLUDED.flush_id,
+    adopted_at = EXCLUDED.adopted_at
 """
 _UPSERT_FLUSHES = """
 INSERT INTO flush_events SELECT * FROM incoming_flushes

@@ -59,6 +59,7 @@ MIGRATIONS: Tuple[str, ...] = (
         state text NOT NULL CHECK (state IN ('held', 'flushed', 'left')),
         changed_at double precision,
         flush_id bigint,
+        adopted_at double precision,  -- adopted from Postfix's queue, not recorded by the milter
         PRIMARY KEY (host_id, local_id, domain),
         FOREIGN KEY (host_id, local_id) REFERENCES messages ON DELETE CASCADE
     );

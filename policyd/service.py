@@ -2,23 +2,31 @@
 
 ``PolicyService.respond`` is the request path: one ``decide`` call on the current policy and the
 primary monitor's states, one log line when the answer is not a plain accept. Reloads (SIGHUP, or
-a map file whose mtime changed) are built entirely in a worker thread and swapped in with one
-assignment; a failed reload logs why and keeps the last good state.
+a map file that changed and then stayed the same for one check interval) are built entirely in a
+worker thread and swapped in with one assignment; a failed reload logs why and keeps the last good
+state, and so does an automatic one that would cut a domain's keys by more than ``max_shrink``.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from backupmx.common.config import Config, ConfigError, load_config
+from backupmx.common.decision import Decision, decide
 from backupmx.common.maps import (
     LoadedMaps,
+    Signature,
+    build_policy,
+    current_freshness,
     file_signature,
     load_maps,
     map_paths,
@@ -26,22 +34,15 @@ from backupmx.common.maps import (
 )
 from backupmx.common.recipient_map import MapError, RecipientMap, release_in_steps
 from backupmx.policyd.codec import Request
-from backupmx.policyd.decision import Decision, Policy, decide
 from backupmx.policyd.decision_log import DecisionLog
 from backupmx.policyd.primary_monitor import PrimaryMonitor
 
 DecisionObserver = Callable[[Request, Decision], None]
 
 
-def build_policy(config: Config, maps: LoadedMaps) -> Policy:
-    """The decision's view of a configuration and its loaded maps."""
-    return Policy(
-        domains=frozenset(config.domains),
-        recipients=maps.recipients,
-        networks=maps.networks,
-        primary_up_action=config.policyd.primary_up_action,
-        scope=maps.scope,
-    )
+def stale_domains(fresh_until: Mapping[str, float], now: float) -> FrozenSet[str]:
+    """The domains whose recipients are stale at ``now``."""
+    return frozenset(d for d, deadline in fresh_until.items() if deadline <= now)
 
 
 #: how long a reload in a worker thread sleeps at each pause (see load_recipient_map)
@@ -60,6 +61,41 @@ def lost_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str]) -
     to "no map: accept every recipient" without a word.
     """
     return sorted(d for d in domains if old.covers(d) and not new.covers(d))
+
+
+def _under(domain: str, configured: Iterable[str]) -> bool:
+    return any(domain == parent or domain.endswith("." + parent) for parent in configured)
+
+
+@dataclass(frozen=True)
+class Shrink:
+    """One domain whose keys a new map would cut by more than ``[policyd] max_shrink``."""
+
+    domain: str
+    before: int
+    after: int
+
+    def __str__(self) -> str:
+        return f"{self.domain} {self.before} -> {self.after} keys"
+
+
+def shrunk_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str],
+                   max_shrink: float) -> List[Shrink]:
+    """Domains (configured ones and their subdomains) whose key count would drop by more than
+    ``max_shrink`` (a fraction, 0 to 1; 1 never refuses). A map file being rewritten in place
+    (truncated, then written again) looks like this while it is read half-way."""
+    if max_shrink >= 1:
+        return []
+    configured = tuple(domains)
+    found = []
+    for domain in sorted(old.domains()):
+        before = old.count(domain)
+        if not before or not _under(domain, configured):
+            continue
+        after = new.count(domain)
+        if before - after > max_shrink * before:
+            found.append(Shrink(domain, before, after))
+    return found
 
 
 class PolicyService:
@@ -83,7 +119,14 @@ class PolicyService:
         self._reloading: Optional[Deferred] = None
         self._reload_again = False
         self._map_check: Optional[LoopingCall] = None
-        self._failed_signature: Optional[Tuple[Any, ...]] = None
+        self._failed_signature: Optional[Signature] = None
+        # the signature the last map check saw, not loaded yet: a file is loaded once two
+        # checks in a row see the same signature (it has stopped changing)
+        self._pending_signature: Optional[Signature] = None
+        #: the domains whose shrink held back the last changed map (empty: none held back)
+        self.held_back: Tuple[Shrink, ...] = ()
+        #: starts the recipient source syncs (policyd.recipient_sync.SyncScheduler), if any
+        self.scheduler: Optional[Any] = None
         # (succeeded, when) of the last reload attempt, for metrics; start counts as one.
         self.last_reload: Tuple[bool, float] = (True, reactor.seconds())
         self._install(config, maps)
@@ -118,6 +161,8 @@ class PolicyService:
         self.log_accepts = config.policyd.log_accepts
         self._warned_unmapped: Set[str] = set()
         self.policy = build_policy(config, maps)
+        self.source_states = dict(maps.states)
+        self._note_staleness()
         if replaced:
             # The old map and policy are gone now; the sets live on only in `replaced`. A
             # thread of its own: nothing waits for it, and reloads keep their single job.
@@ -139,14 +184,21 @@ class PolicyService:
             return {}
         return dict(current.recipients.users)
 
+    def last_attempts(self) -> Dict[str, Optional[float]]:
+        return {name: state.last_attempt for name, state in self.source_states.items()}
+
     def start(self) -> None:
         self.primaries.start()
+        if self.scheduler is not None:
+            self.scheduler.start(self.last_attempts())
         self._map_check = LoopingCall(self.check_maps)
         self._map_check.clock = self.reactor
         self._map_check.start(self.config.policyd.map_check_interval, now=False)
 
     def stop(self) -> None:
         self.primaries.stop()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         if self._map_check is not None and self._map_check.running:
             self._map_check.stop()
 
@@ -163,6 +215,35 @@ class PolicyService:
         reloading.addBoth(self._reload_done)
         return reloading
 
+    def reload_and_report(self) -> Deferred:
+        """Reload as on SIGHUP; a Deferred firing with True once a reload begun after this call
+        is applied, False when that reload failed (the running configuration is kept).
+
+        Unlike reload(), whose Deferred may be that of a run already under way (which read the
+        files before the caller changed them), this one waits for the run queued after it.
+        """
+        busy = self._reloading
+        started = self.reload()
+        outcome: Deferred = Deferred()
+
+        def report(result: Any) -> Any:
+            outcome.callback(not isinstance(result, Failure) and self.last_reload[0])
+            return result
+
+        def after_busy(result: Any) -> Any:
+            rerun = self._reloading  # queued by reload() above, started by _reload_done
+            if rerun is None:  # it already finished
+                outcome.callback(self.last_reload[0])
+            else:
+                rerun.addBoth(report)
+            return result
+
+        if busy is None:
+            started.addBoth(report)
+        else:
+            busy.addBoth(after_busy)
+        return outcome
+
     @staticmethod
     def _load_all(path: str) -> Tuple[Config, LoadedMaps]:
         config = load_config(path)
@@ -177,13 +258,21 @@ class PolicyService:
         if lost:
             self.log.warn("reload: no recipient map lists {lost} any more: every recipient of "
                           "it is accepted from now on", lost=", ".join(lost))
+        shrunk = shrunk_domains(self.maps.recipients, maps.recipients, config.domains,
+                                config.policyd.max_shrink)
+        if shrunk:
+            self.log.warn("reload: the recipient maps cut {shrunk} (more than max_shrink): "
+                          "applied, as a reload asks", shrunk=", ".join(map(str, shrunk)))
         self.primaries.configure(config.domains, config.policyd.probe_interval,
                                  config.policyd.probe_timeout,
                                  up_after=config.policyd.primary_up_after,
                                  down_after=config.policyd.primary_down_after)
         self.primaries.probe_all()
         self._install(config, maps)
-        self._failed_signature = None
+        if self.scheduler is not None:
+            self.scheduler.configure(config, self.last_attempts())
+        self._failed_signature = self._pending_signature = None
+        self.held_back = ()
         self.last_reload = (True, self.reactor.seconds())
         self.log.info("reloaded {path}: {domains} domains, {count} recipient keys",
                       path=config.path, domains=len(config.domains), count=len(maps.recipients))
@@ -201,18 +290,58 @@ class PolicyService:
             self.reload()
         return result
 
+    def _note_staleness(self) -> None:
+        """Log each domain whose recipients went stale or fresh again (once per change)."""
+        stale = stale_domains(self.policy.fresh_until, self.reactor.seconds())
+        previous: FrozenSet[str] = getattr(self, "_stale", frozenset())
+        for domain in sorted(stale - previous):
+            self.log.warn("recipients of {domain} are stale (no source synced them within its "
+                          "stale_after): unknown recipients get 450 4.1.1, not 550",
+                          domain=domain)
+        for domain in sorted(previous - stale):
+            self.log.info("recipients of {domain} are fresh again", domain=domain)
+        self._stale = stale
+
+    def _apply_freshness(self, fresh_until: Dict[str, float],
+                         states: Dict[str, Any]) -> None:
+        self.source_states = states
+        if fresh_until != self.policy.fresh_until:
+            self.policy = dataclasses.replace(self.policy, fresh_until=fresh_until)
+        self._note_staleness()
+
     def check_maps(self) -> Deferred:
-        """Reload the maps when a map file changed (mtime, size or inode), off the reactor."""
+        """Load the maps again once a changed map file has stopped changing, off the reactor;
+        re-read the sources' states and the domains' freshness every time (cheap).
+
+        A file counts as changed when its mtime, size or inode (or its being there at all)
+        differs from what the maps in use were read at, and as stopped changing when two checks
+        in a row see the same signature. A file that changed again while it was read is not
+        used (the next checks pick it up). A new map that cuts a domain's keys by more than
+        ``[policyd] max_shrink`` is held back (see shrunk_domains); SIGHUP applies it anyway.
+        """
         if self._reloading is not None:
             return maybeDeferred(lambda: None)
         paths = map_paths(self.config)
-        checking = self.run_in_thread(file_signature, paths)
+        checked, recipients = self.config, self.maps.recipients
 
-        def compare(signature: Tuple[Any, ...]) -> Any:
-            if signature == self.maps.signature or signature == self._failed_signature:
+        def look() -> Tuple[Signature, Tuple[Dict[str, float], Dict[str, Any]]]:
+            return file_signature(paths), current_freshness(checked, recipients)
+        checking = self.run_in_thread(look)
+
+        def compare(looked: Tuple[Signature, Tuple[Dict[str, float], Dict[str, Any]]]) -> Any:
+            signature, (fresh_until, states) = looked
+            if checked is self.config and recipients is self.maps.recipients:
+                self._apply_freshness(fresh_until, states)
+            if signature == self.maps.signature:
+                self._pending_signature = None
+                self.held_back = ()
                 return None
-            if self._reloading is not None:
+            if signature == self._failed_signature or self._reloading is not None:
                 return None
+            if signature != self._pending_signature:
+                self._pending_signature = signature  # changed: wait until it stays the same
+                return None
+            self._pending_signature = None
             config = self.config
             self._reloading = self.run_in_thread(self._load_maps_only, config)
             self._reloading.addCallbacks(lambda maps: self._apply_maps(config, maps),
@@ -223,28 +352,41 @@ class PolicyService:
         return checking.addCallback(compare)
 
     @staticmethod
-    def _load_maps_only(config: Config) -> LoadedMaps:
+    def _load_maps_only(config: Config) -> Optional[LoadedMaps]:
+        """The maps, or None when a file changed while it was being read."""
         delimiter, _ = recipient_delimiter(config)
-        return load_maps(config, delimiter, pause=yield_to_reactor)
+        maps = load_maps(config, delimiter, pause=yield_to_reactor)
+        if file_signature(map_paths(config)) != maps.signature:
+            return None
+        return maps
 
-    def _apply_maps(self, config: Config, maps: LoadedMaps) -> None:
+    def _apply_maps(self, config: Config, maps: Optional[LoadedMaps]) -> None:
         if config is not self.config:
             return  # a full reload won the race; its maps are newer
-        lost = lost_domains(self.maps.recipients, maps.recipients, config.domains)
-        if lost:
+        if maps is None:
+            self.log.info("a map file changed while it was read: reading it again once it "
+                          "has stopped changing")
+            return
+        shrunk = shrunk_domains(self.maps.recipients, maps.recipients, config.domains,
+                                config.policyd.max_shrink)
+        if shrunk:
             self._failed_signature = maps.signature
+            self.held_back = tuple(shrunk)
             self.last_reload = (False, self.reactor.seconds())
-            self.log.error("recipient maps changed but no longer list any recipient of {lost} "
-                           "(file truncated or half written?): keeping the last good maps; "
-                           "send SIGHUP to accept the change", lost=", ".join(lost))
+            self.log.error(
+                "recipient maps changed but would cut {shrunk} (more than max_shrink "
+                "{share:g}%: file truncated or half written?): keeping the last good maps; "
+                "send SIGHUP to use the change", shrunk=", ".join(map(str, shrunk)),
+                share=config.policyd.max_shrink * 100)
             return
         self._install(config, maps)
         self._failed_signature = None
+        self.held_back = ()
         self.last_reload = (True, self.reactor.seconds())
         self.log.info("recipient maps reloaded: {count} keys from {sources}",
                       count=len(maps.recipients), sources=", ".join(maps.recipients.sources))
 
-    def _maps_failed(self, failure: Any, signature: Tuple[Any, ...]) -> None:
+    def _maps_failed(self, failure: Any, signature: Signature) -> None:
         failure.trap(MapError)
         self._failed_signature = signature
         self.last_reload = (False, self.reactor.seconds())

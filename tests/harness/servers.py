@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -221,7 +222,11 @@ def person_ldif(parent: str, person: Dict[str, Sequence[str]]) -> str:
 class Postgres:
     """A private PostgreSQL 15 cluster, run as the ``postgres`` user, listening only on a unix
     socket in ``root/socket``. Password authentication (scram-sha-256) for everyone: superuser
-    ``postgres`` / ``superuser_password``; tests create their own roles with ``sql``."""
+    ``postgres`` / ``superuser_password``; tests create their own roles with ``psql``.
+
+    ``root`` and its parents must stay searchable by the postgres user: ``setup`` adds the x
+    bits, but pytest takes them off /tmp/pytest-of-root whenever another session starts, so
+    give a folder outside it (tests/sources/conftest.py ``outside_pytest_root``)."""
 
     superuser_password = "postgres-secret"
 
@@ -382,3 +387,11 @@ def write_password(folder: Path, password: str) -> str:
     path.write_text(password + "\n")
     path.chmod(0o600)
     return str(path)
+
+
+def outside_pytest_root(name: str) -> Path:
+    """A fresh folder under /tmp for servers run as another user (postgres). Not under pytest's
+    /tmp/pytest-of-root: every pytest session that starts (another run on the same machine)
+    takes the group and other bits off that folder, and the other user could no longer reach
+    its files. The caller removes it."""
+    return Path(tempfile.mkdtemp(prefix=f"backupmx-test-{name}-"))

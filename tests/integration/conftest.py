@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 
 from tests.harness.lab import BackupMxLab
-from tests.harness.servers import Postgres
+from tests.harness.servers import Postgres, outside_pytest_root
 
 
 def require_postfix() -> None:
@@ -29,16 +29,20 @@ def require_root() -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+def postgres_server() -> Iterator[Postgres]:
     """A running private PostgreSQL 15 (unix socket only, superuser ``postgres``), shared by the
     recipient sources' and the fleet's tests; each creates its own roles and databases. A test
-    that stops it (the fleet's outage test) starts it again before it ends."""
+    that stops it (the fleet's outage test) starts it again before it ends. Its folder is
+    outside /tmp/pytest-of-root (see outside_pytest_root)."""
     require_root()
-    server = Postgres(tmp_path_factory.mktemp("postgres")).setup().start()
+    root = outside_pytest_root("postgres")
+    server = Postgres(root)
     try:
+        server.setup().start()
         yield server
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

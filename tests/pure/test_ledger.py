@@ -52,6 +52,8 @@ def test_version_1_ledger_is_migrated_and_keeps_its_data(tmp_path: Path) -> None
     conn = ledger._connection()
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert "seen_in_queue_at" in {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
+    assert "adopted_at" in {r[1] for r in conn.execute("PRAGMA table_info(message_domains)")}
+    assert ledger.summaries()["a.test"].adopted_messages == 0  # the old row: milter-recorded
     ledger.close()
 
 

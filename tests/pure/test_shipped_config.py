@@ -23,6 +23,7 @@ PACKAGED_SETTINGS = {
     ("policyd", "listen"): "unix:/var/spool/postfix/backupmx/policyd.sock:0660",
     ("policyd", "sender_networks"): "/etc/backupmx/sender_networks",
     ("milter", "listen"): "unix:/var/spool/postfix/backupmx/milter.sock:0660",
+    ("postfix", "recipient_table"): "/var/lib/backupmx/relay_recipients",
 }
 
 
@@ -76,7 +77,8 @@ def test_only_the_packaged_settings_differ_from_the_defaults():
     embedded = parse_config("")
     assert packaged.policyd.recipients == embedded.policyd.recipients
     assert packaged.milter.ledger == embedded.milter.ledger
-    assert packaged.postfix == embedded.postfix
+    assert packaged.postfix.config_directory == embedded.postfix.config_directory
+    assert packaged.sources == embedded.sources
 
 
 def test_optional_sections_are_off_and_their_documented_defaults_are_the_embedded_ones():

@@ -27,6 +27,15 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+from backupmx.common.values import (
+    absolute_path,
+    boolean,
+    choice,
+    domain_list,
+    positive_seconds,
+    share,
+)
+
 SOURCE_TYPES = ("ldap", "pgsql", "mysql", "sqlite", "command", "file", "push")
 
 
@@ -174,67 +183,6 @@ class SourceSettings:
 
 # ---- value parsers: text -> value, ValueError with a short reason -----------------------------
 
-_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
-                     r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{text!r} must be a positive number of seconds")
-    return value
-
-
-def _fraction(text: str) -> float:
-    """``20%`` or ``0.2`` -> 0.2, within 0..1."""
-    number = text[:-1].strip() if text.endswith("%") else text
-    try:
-        value = float(number)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a share such as 20% or 0.2") from None
-    if text.endswith("%"):
-        value /= 100
-    if not 0 <= value <= 1:
-        raise ValueError(f"{text!r} must be between 0% and 100%")
-    return value
-
-
-def _domains(text: str) -> Tuple[str, ...]:
-    domains = tuple(part.strip().lower().rstrip(".") for part in text.split(",") if part.strip())
-    for domain in domains:
-        if not _DOMAIN.fullmatch(domain):
-            raise ValueError(f"{domain!r} is not a domain name")
-    if len(set(domains)) != len(domains):
-        raise ValueError("a domain is listed twice")
-    return domains
-
-
-def _boolean(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("yes", "true", "on", "1"):
-        return True
-    if lowered in ("no", "false", "off", "0"):
-        return False
-    raise ValueError(f"{text!r} is not yes or no")
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text.lower() not in choices:
-            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
-        return text.lower()
-    return parse
-
-
-def _absolute_path(text: str) -> str:
-    if not text.startswith("/"):
-        raise ValueError(f"{text!r} must be an absolute path")
-    return text
-
-
 def _text(text: str) -> str:
     if not text:
         raise ValueError("must not be empty")
@@ -298,11 +246,11 @@ def _argv(text: str) -> Tuple[str, ...]:
 _Parser = Callable[[str], Any]
 # common key -> (parser, default); absent keys take SourceSettings' defaults.
 _COMMON: Dict[str, Tuple[_Parser, Any]] = {
-    "domains": (_domains, ()),
-    "interval": (_seconds, 300.0),
-    "timeout": (_seconds, 60.0),
-    "max_shrink": (_fraction, 0.2),
-    "stale_after": (_seconds, 3600.0),
+    "domains": (domain_list, ()),
+    "interval": (positive_seconds, 300.0),
+    "timeout": (positive_seconds, 60.0),
+    "max_shrink": (share, 0.2),
+    "stale_after": (positive_seconds, 3600.0),
 }
 # type -> (settings class, key -> (field name, parser, required?)); absent optional keys take
 # the class's defaults.
@@ -310,35 +258,35 @@ _TYPES: Dict[str, Tuple[type, Dict[str, Tuple[str, _Parser, bool]]]] = {
     "ldap": (LdapSettings, {
         "uri": ("uri", _ldap_uri, True),
         "base": ("base", _text, True),
-        "starttls": ("starttls", _boolean, False),
-        "tls_ca_file": ("tls_ca_file", _absolute_path, False),
+        "starttls": ("starttls", boolean, False),
+        "tls_ca_file": ("tls_ca_file", absolute_path, False),
         "bind_dn": ("bind_dn", _text, False),
-        "bind_password_file": ("bind_password_file", _absolute_path, False),
-        "scope": ("scope", _choice("sub", "one"), False),
+        "bind_password_file": ("bind_password_file", absolute_path, False),
+        "scope": ("scope", choice("sub", "one"), False),
         "filter": ("filter", _ldap_filter, False),
         "attributes": ("attributes", _attributes, False),
         "page_size": ("page_size", _page_size, False),
     }),
     "pgsql": (PgsqlSettings, {
         "dsn": ("dsn", _text, True),
-        "password_file": ("password_file", _absolute_path, False),
+        "password_file": ("password_file", absolute_path, False),
         "query": ("query", _query, True),
     }),
     "mysql": (MysqlSettings, {
         "host": ("host", _text, False),
         "port": ("port", _port, False),
-        "socket": ("socket", _absolute_path, False),
+        "socket": ("socket", absolute_path, False),
         "user": ("user", _text, True),
-        "password_file": ("password_file", _absolute_path, False),
+        "password_file": ("password_file", absolute_path, False),
         "database": ("database", _text, True),
         "query": ("query", _query, True),
     }),
     "sqlite": (SqliteSettings, {
-        "path": ("path", _absolute_path, True),
+        "path": ("path", absolute_path, True),
         "query": ("query", _query, True),
     }),
     "command": (CommandSettings, {"command": ("argv", _argv, True)}),
-    "file": (FileSettings, {"path": ("path", _absolute_path, True)}),
+    "file": (FileSettings, {"path": ("path", absolute_path, True)}),
     "push": (PushSettings, {}),
 }
 

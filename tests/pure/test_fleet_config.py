@@ -42,7 +42,7 @@ retention = 2w
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("[fleet]\n", f"{PATH}: [fleet] database: is required"),
+    ("[fleet]\n", f"{PATH}:1: [fleet] database: is required"),
     ("[fleet]\ndatabase = mysql://db/x\n", f"{PATH}:2: [fleet] database: 'mysql://db/x' is not "
                                            f"a postgresql:// URI"),
     ("[fleet]\ndatabase = backupmx\n", "is neither a postgresql:// URI nor key=value conninfo"),

@@ -32,6 +32,7 @@ class PushState:
     last_error: str
     pending_changes: int
     oldest_pending_at: Optional[float]
+    token: str  # names this ledger in the fleet store
 
     def lag_seconds(self, now: float) -> float:
         """How long the oldest change not yet in the store has waited (0 when none)."""
@@ -65,10 +66,10 @@ def _write(conn: sqlite3.Connection, statements: Sequence[Tuple[str, tuple]]) ->
 def state(conn: sqlite3.Connection) -> PushState:
     """The push's local state, with the pending changes counted (sqlite3.Error)."""
     row = conn.execute("SELECT enabled, pushed_seq, last_attempt_at, last_success_at,"
-                       " last_error FROM fleet_push WHERE id = 1").fetchone()
+                       " last_error, token FROM fleet_push WHERE id = 1").fetchone()
     pending, oldest = conn.execute("SELECT COUNT(*), MIN(queued_at) FROM fleet_outbox"
                                    ).fetchone()
-    return PushState(bool(row[0]), row[1], row[2], row[3], row[4], pending, oldest)
+    return PushState(bool(row[0]), row[1], row[2], row[3], row[4], pending, oldest, row[5])
 
 
 _QUEUE_ALL = (

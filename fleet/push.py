@@ -22,6 +22,7 @@ from backupmx.fleet import outbox
 from backupmx.fleet.outbox import Batch
 from backupmx.fleet.schema import require_current
 from backupmx.fleet.store import StoreError, driver, one_line
+from backupmx.fleet.view import STALE_AFTER_INTERVALS
 
 BATCH_SIZE = 5000
 
@@ -101,15 +102,33 @@ WHERE m.host_id = old.host_id AND m.local_id = old.local_id
 """
 
 
-def register(pg: Any, host_id: str, push_interval: float) -> int:
-    """Make sure the host has its row; returns the store's watermark for it."""
+def register(pg: Any, host_id: str, push_interval: float, token: str) -> int:
+    """Make sure the host has its row; returns the store's watermark for it.
+
+    The row also names the ledger that pushes under this host_id (``token``). Another ledger's
+    rows, silent for over three of their push intervals, are dropped: this host has a new
+    ledger whose ids start again (it then pushes everything). Still pushing: StoreError, since
+    two hosts share one host_id and their rows would overwrite each other."""
     with pg.transaction():
-        pg.execute("INSERT INTO hosts (host_id, first_seen_at, push_interval, version)"
-                   " VALUES (%s, extract(epoch FROM now()), %s, %s)"
-                   " ON CONFLICT (host_id) DO UPDATE SET push_interval = EXCLUDED.push_interval,"
-                   " version = EXCLUDED.version", (host_id, push_interval, version()))
-        return int(pg.execute("SELECT watermark FROM hosts WHERE host_id = %s",
-                              (host_id,)).fetchone()[0])
+        pg.execute("INSERT INTO hosts (host_id, first_seen_at, push_interval, version,"
+                   " ledger_token) VALUES (%s, extract(epoch FROM now()), %s, %s, %s)"
+                   " ON CONFLICT (host_id) DO NOTHING",
+                   (host_id, push_interval, version(), token))
+        watermark, owner, silent, interval = pg.execute(
+            "SELECT watermark, ledger_token, extract(epoch FROM now()) - last_push_at,"
+            " push_interval FROM hosts WHERE host_id = %s FOR UPDATE", (host_id,)).fetchone()
+        if owner != token:
+            if owner and silent is not None and silent <= STALE_AFTER_INTERVALS * interval:
+                raise StoreError(f"fleet store: host_id {host_id} is in use by another ledger "
+                                 f"that pushed {int(silent)} s ago (two hosts with one host_id?):"
+                                 f" set [fleet] host_id")
+            for table in ("messages", "flush_events", "domain_states"):
+                pg.execute(f"DELETE FROM {table} WHERE host_id = %s", (host_id,))
+            watermark = 0
+        pg.execute("UPDATE hosts SET push_interval = %s, version = %s, ledger_token = %s,"
+                   " watermark = %s WHERE host_id = %s",
+                   (push_interval, version(), token, watermark, host_id))
+        return int(watermark)
 
 
 def _copy(cursor: Any, table: str, rows: List[tuple]) -> None:
@@ -179,7 +198,7 @@ def push(pg: Any, conn: sqlite3.Connection, host_id: str, push_interval: float,
     try:
         require_current(pg)
         pg.commit()
-        watermark = register(pg, host_id, push_interval)
+        watermark = register(pg, host_id, push_interval, outbox.state(conn).token)
         outbox.enable(conn)
         local = outbox.state(conn)
         resynced = watermark < local.pushed_seq

@@ -5,7 +5,8 @@ is keyed by ``(host_id, local_id)``: Postfix queue ids are unique only per host,
 own ids are what the host's outbox names. Tables:
 
 - ``hosts``: one row per backup MX: its push interval, its last push (the server's clock), the
-  watermark (last outbox sequence number stored), its pending changes and their age at that push.
+  watermark (last outbox sequence number stored), its pending changes and their age at that
+  push, and the token of the ledger that pushes under this host_id.
 - ``messages`` / ``message_domains``: the ledger's rows of every host (per relay domain: the
   recipients, state held/flushed/left, when it changed).
 - ``domain_states``: each relay domain as each host saw it at its last push: primary state,
@@ -37,7 +38,8 @@ MIGRATIONS: Tuple[str, ...] = (
         watermark bigint NOT NULL DEFAULT 0,
         pending_changes bigint NOT NULL DEFAULT 0,
         lag_seconds double precision NOT NULL DEFAULT 0,
-        version text NOT NULL DEFAULT ''
+        version text NOT NULL DEFAULT '',
+        ledger_token text NOT NULL DEFAULT ''
     );
     CREATE TABLE messages (
         host_id text NOT NULL REFERENCES hosts ON DELETE CASCADE,

@@ -85,7 +85,9 @@ MIGRATIONS: Tuple[str, ...] = (
     # one row per new message, per change of a (message, domain) row's state and per flush event
     # written, only while fleet_push.enabled (set by the first push), inside the writer's own
     # transaction: nothing more on the SMTP path than one local INSERT. AUTOINCREMENT: sequence
-    # numbers are never reused, so the watermark in the fleet store stays meaningful.
+    # numbers are never reused, so the watermark in the fleet store stays meaningful. The token
+    # names this ledger in the store: a new ledger (its ids start again) or a second host with
+    # the same host_id is told apart from the ledger that pushed before.
     """
     CREATE TABLE fleet_push (
         id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -93,7 +95,8 @@ MIGRATIONS: Tuple[str, ...] = (
         pushed_seq INTEGER NOT NULL DEFAULT 0,
         last_attempt_at REAL,
         last_success_at REAL,
-        last_error TEXT NOT NULL DEFAULT ''
+        last_error TEXT NOT NULL DEFAULT '',
+        token TEXT NOT NULL DEFAULT (lower(hex(randomblob(16))))
     );
     INSERT INTO fleet_push (id) VALUES (1);
     CREATE TABLE fleet_outbox (

@@ -344,3 +344,21 @@ def test_check_reports_the_store_the_password_file_and_the_last_push(
     assert found["fleet push"][0] == "ok"
     assert found["fleet password_file"][0] == "warn"
     assert check_fleet(parse_config("")) == []
+
+
+def test_one_host_id_is_one_ledger(fleet_db: FleetDatabase, tmp_path: Path) -> None:
+    first = config(fleet_db, tmp_path / "first", "mx1.test", push_interval=0.3)
+    second = config(fleet_db, tmp_path / "second", "mx1.test", push_interval=0.3)
+    init(first)
+    fill(first, [record(n) for n in range(5)]).close()
+    fill(second, [record(n, (B,)) for n in range(2)]).close()
+    push_host(first, "mx1.test")
+    # A second host with the same host_id while the first still pushes: refused, nothing mixed.
+    with pytest.raises(StoreError, match="host_id mx1.test is in use by another ledger"):
+        push_host(second, "mx1.test")
+    assert totals(view(first)) == {A: (5, 5000), B: (0, 0)}
+    # Once the first ledger is silent (replaced: a new ledger whose ids start again), the new
+    # one takes the host_id over: the old rows go, the new ledger is pushed whole.
+    eventually(lambda: view(first)["hosts"][0]["stale"], lambda stale: stale, timeout=10)
+    assert push_host(second, "mx1.test").messages == 2
+    assert totals(view(first)) == {A: (0, 0), B: (2, 2000)}

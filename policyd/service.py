@@ -33,6 +33,7 @@ from backupmx.common.maps import (
     recipient_delimiter,
 )
 from backupmx.common.recipient_map import MapError, RecipientMap, release_in_steps
+from backupmx.common.source_rules import loses_too_much
 from backupmx.policyd.codec import Request
 from backupmx.policyd.decision_log import DecisionLog
 from backupmx.policyd.primary_monitor import PrimaryMonitor
@@ -82,8 +83,9 @@ class Shrink:
 def shrunk_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str],
                    max_shrink: float) -> List[Shrink]:
     """Domains (configured ones and their subdomains) whose key count would drop by more than
-    ``max_shrink`` (a fraction, 0 to 1; 1 never refuses). A map file being rewritten in place
-    (truncated, then written again) looks like this while it is read half-way."""
+    ``max_shrink`` (a fraction, 0 to 1; 1 never refuses): common.source_rules.loses_too_much.
+    A map file being rewritten in place (truncated, then written again) looks like this while it
+    is read half-way. A domain the new map catches whole (``@domain``) loses no valid user."""
     if max_shrink >= 1:
         return []
     configured = tuple(domains)
@@ -93,7 +95,7 @@ def shrunk_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str],
         if not before or not _under(domain, configured):
             continue
         after = new.count(domain)
-        if before - after > max_shrink * before:
+        if domain not in new.catch_all and loses_too_much(before, after, max_shrink):
             found.append(Shrink(domain, before, after))
     return found
 

@@ -80,6 +80,15 @@ class Shrink:
         return f"{self.domain} {self.before} -> {self.after} keys"
 
 
+def file_guarded_domains(config: Config) -> Tuple[str, ...]:
+    """The domains ``[policyd] max_shrink`` guards: those no synced source speaks for. A synced
+    source (ldap, pgsql, ...) has its own shrink rule, applied when its snapshot is written
+    (``[recipients NAME] max_shrink``); policyd must not judge its result a second time."""
+    synced = {domain for source in config.sources if source.type != "file"
+              for domain in source.domains}
+    return tuple(domain for domain in config.domains if domain not in synced)
+
+
 def shrunk_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str],
                    max_shrink: float) -> List[Shrink]:
     """Domains (configured ones and their subdomains) whose key count would drop by more than
@@ -260,8 +269,8 @@ class PolicyService:
         if lost:
             self.log.warn("reload: no recipient map lists {lost} any more: every recipient of "
                           "it is accepted from now on", lost=", ".join(lost))
-        shrunk = shrunk_domains(self.maps.recipients, maps.recipients, config.domains,
-                                config.policyd.max_shrink)
+        shrunk = shrunk_domains(self.maps.recipients, maps.recipients,
+                                file_guarded_domains(config), config.policyd.max_shrink)
         if shrunk:
             self.log.warn("reload: the recipient maps cut {shrunk} (more than max_shrink): "
                           "applied, as a reload asks", shrunk=", ".join(map(str, shrunk)))
@@ -369,8 +378,8 @@ class PolicyService:
             self.log.info("a map file changed while it was read: reading it again once it "
                           "has stopped changing")
             return
-        shrunk = shrunk_domains(self.maps.recipients, maps.recipients, config.domains,
-                                config.policyd.max_shrink)
+        shrunk = shrunk_domains(self.maps.recipients, maps.recipients,
+                                file_guarded_domains(config), config.policyd.max_shrink)
         if shrunk:
             self._failed_signature = maps.signature
             self.held_back = tuple(shrunk)

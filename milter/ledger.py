@@ -120,6 +120,9 @@ MIGRATIONS: Tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+#: a milter record and an adopted row of the same queue id this close in time (seconds) are
+#: the same message (Postfix reuses a short queue id only much later)
+ADOPTED_MATCH_SECONDS = 3600.0
 
 
 class _Slot:
@@ -347,6 +350,8 @@ class Ledger:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for record in records:
+                if self._complete_adopted(conn, record):
+                    continue
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO messages (queue_id, received_at, sender, size,"
                     " client_addr, client_name, helo) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -364,6 +369,33 @@ class Ledger:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _complete_adopted(conn: sqlite3.Connection, record: MessageRecord) -> bool:
+        """A milter record arriving after reconciliation adopted the same message from the queue
+        (the milter's write waited in the journal meanwhile): the adopted row takes the
+        milter's details instead of a second row being added. True when that happened."""
+        found = conn.execute(
+            "SELECT m.id FROM messages m JOIN message_domains md ON md.message_id = m.id"
+            " WHERE m.queue_id = ? AND md.adopted_at IS NOT NULL"
+            " AND ABS(m.received_at - ?) < ? LIMIT 1",
+            (record.queue_id, record.received_at, ADOPTED_MATCH_SECONDS)).fetchone()
+        if found is None:
+            return False
+        message_id = found[0]
+        conn.execute(
+            "UPDATE messages SET received_at = ?, sender = ?, size = ?, client_addr = ?,"
+            " client_name = ?, helo = ? WHERE id = ?",
+            (record.received_at, record.sender, record.size, record.client_addr,
+             record.client_name, record.helo, message_id))
+        conn.execute("UPDATE message_domains SET adopted_at = NULL WHERE message_id = ?",
+                     (message_id,))
+        conn.executemany(
+            "INSERT OR IGNORE INTO message_domains (message_id, domain, recipients, state,"
+            " changed_at) VALUES (?, ?, ?, 'held', ?)",
+            [(message_id, domain, "\n".join(rcpts), record.received_at)
+             for domain, rcpts in record.recipients.items()])
+        return True
 
     def _drop_connection(self) -> None:
         """After a failure start afresh next time (the folder may come back, a lock go away)."""

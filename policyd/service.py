@@ -33,6 +33,7 @@ from backupmx.common.maps import (
     recipient_delimiter,
 )
 from backupmx.common.recipient_map import MapError, RecipientMap, release_in_steps
+from backupmx.common.source_rules import loses_too_much
 from backupmx.policyd.codec import Request
 from backupmx.policyd.decision_log import DecisionLog
 from backupmx.policyd.primary_monitor import PrimaryMonitor
@@ -79,11 +80,21 @@ class Shrink:
         return f"{self.domain} {self.before} -> {self.after} keys"
 
 
+def file_guarded_domains(config: Config) -> Tuple[str, ...]:
+    """The domains ``[policyd] max_shrink`` guards: those no synced source speaks for. A synced
+    source (ldap, pgsql, ...) has its own shrink rule, applied when its snapshot is written
+    (``[recipients NAME] max_shrink``); policyd must not judge its result a second time."""
+    synced = {domain for source in config.sources if source.type != "file"
+              for domain in source.domains}
+    return tuple(domain for domain in config.domains if domain not in synced)
+
+
 def shrunk_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str],
                    max_shrink: float) -> List[Shrink]:
     """Domains (configured ones and their subdomains) whose key count would drop by more than
-    ``max_shrink`` (a fraction, 0 to 1; 1 never refuses). A map file being rewritten in place
-    (truncated, then written again) looks like this while it is read half-way."""
+    ``max_shrink`` (a fraction, 0 to 1; 1 never refuses): common.source_rules.loses_too_much.
+    A map file being rewritten in place (truncated, then written again) looks like this while it
+    is read half-way. A domain the new map catches whole (``@domain``) loses no valid user."""
     if max_shrink >= 1:
         return []
     configured = tuple(domains)
@@ -93,7 +104,7 @@ def shrunk_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str],
         if not before or not _under(domain, configured):
             continue
         after = new.count(domain)
-        if before - after > max_shrink * before:
+        if domain not in new.catch_all and loses_too_much(before, after, max_shrink):
             found.append(Shrink(domain, before, after))
     return found
 
@@ -258,8 +269,8 @@ class PolicyService:
         if lost:
             self.log.warn("reload: no recipient map lists {lost} any more: every recipient of "
                           "it is accepted from now on", lost=", ".join(lost))
-        shrunk = shrunk_domains(self.maps.recipients, maps.recipients, config.domains,
-                                config.policyd.max_shrink)
+        shrunk = shrunk_domains(self.maps.recipients, maps.recipients,
+                                file_guarded_domains(config), config.policyd.max_shrink)
         if shrunk:
             self.log.warn("reload: the recipient maps cut {shrunk} (more than max_shrink): "
                           "applied, as a reload asks", shrunk=", ".join(map(str, shrunk)))
@@ -367,8 +378,8 @@ class PolicyService:
             self.log.info("a map file changed while it was read: reading it again once it "
                           "has stopped changing")
             return
-        shrunk = shrunk_domains(self.maps.recipients, maps.recipients, config.domains,
-                                config.policyd.max_shrink)
+        shrunk = shrunk_domains(self.maps.recipients, maps.recipients,
+                                file_guarded_domains(config), config.policyd.max_shrink)
         if shrunk:
             self._failed_signature = maps.signature
             self.held_back = tuple(shrunk)

@@ -142,3 +142,22 @@ def test_status_shows_and_flush_flushes_adopted_mail(tmp_path: Path) -> None:
     assert "nothing held" not in ctx.out.getvalue()  # b.test's adopted message is held
     assert "b.test: 1 held, primary down: not flushed" in ctx.out.getvalue()
     ctx.close()
+
+
+def test_a_milter_record_arriving_after_adoption_completes_the_adopted_row(
+        ledger: Ledger) -> None:
+    """The milter's write waited in the journal (ledger busy) while status adopted the message:
+    the late record fills in the adopted row; the message is never counted twice."""
+    reconcile(ledger, QueueSnapshot.from_text(queue_line("LATE", "alice@a.test", arrival=100)),
+              now=150.0, relay_domains=RELAY)
+    ledger.write([record("LATE", received_at=100.4, a_test="alice@a.test")])
+    stored = rows(ledger)
+    assert list(stored) == [("LATE", "a.test")]
+    received_at, _, _, _, state, adopted_at, seen, client = stored[("LATE", "a.test")]
+    assert (received_at, state, adopted_at, seen, client) == (100.4, "held", None, 150.0,
+                                                              "192.0.2.1")
+    assert ledger.summaries()["a.test"].held_messages == 1
+    # gone from the queue: reconciled away like any other message, nothing left held
+    reconcile(ledger, QueueSnapshot.from_text(""), now=160.0, relay_domains=RELAY)
+    assert ledger.summaries().get("a.test") is None or \
+        ledger.summaries()["a.test"].held_messages == 0

@@ -209,3 +209,14 @@ def test_max_shrink_values(value: str, expected: float) -> None:
 def test_max_shrink_bad_values_name_the_line(value: str) -> None:
     with pytest.raises(ConfigError, match=r"^b\.conf:2: \[policyd\] max_shrink: "):
         parse_config(f"[policyd]\nmax_shrink = {value}\n", "b.conf")
+
+
+def test_a_catch_all_replacing_the_users_is_not_a_shrink(tmp_path: Path) -> None:
+    def parse(name: str, text: str) -> Any:
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        return load_recipient_map([str(tmp_path / name)])
+
+    old = parse("old", "a@example.test x\nb@example.test x\nc@example.test x\n")
+    new = parse("new", "@example.test x\n")
+    assert shrunk_domains(old, new, ["example.test"], 0.2) == []
+    assert shrunk_domains(new, parse("empty", "d@other.test x\n"), ["example.test"], 0.2)

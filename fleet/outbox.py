@@ -1,7 +1,8 @@
 """The ledger's side of the push: the outbox (ledger migration 3), its watermark and the rows.
 
 The milter never calls this module. Triggers in the ledger add an outbox row for every new
-message, every change of a (message, domain) row's state and every flush event written, while
+(message, domain) row, every change of its state or adoption, every change of a message's details
+(a late milter record completing an adopted message) and every flush event written, while
 ``fleet_push.enabled`` is set; ``enable`` sets it and queues everything already in the ledger in
 the same transaction, so nothing written before or after is missed. A push reads batches in
 sequence order, stores them, then ``acknowledge`` drops what the store has (its watermark).

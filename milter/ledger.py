@@ -82,9 +82,10 @@ MIGRATIONS: Tuple[str, ...] = (
     CREATE INDEX messages_queue_id ON messages (queue_id);
     """,
     # 4 (fleet): the outbox of changes to push to the fleet store (backupmx.fleet). Triggers add
-    # one row per new message, per change of a (message, domain) row's state and per flush event
-    # written, only while fleet_push.enabled (set by the first push), inside the writer's own
-    # transaction: nothing more on the SMTP path than one local INSERT. AUTOINCREMENT: sequence
+    # one row per new (message, domain) row, per change of its state (or adoption) and of a
+    # message's details, and per flush event written, only while fleet_push.enabled (set by the
+    # first push), inside the writer's own transaction: nothing more on the SMTP path than one
+    # local INSERT per relay domain of the message. AUTOINCREMENT: sequence
     # numbers are never reused, so the watermark in the fleet store stays meaningful. The token
     # names this ledger in the store: a new ledger (its ids start again) or a second host with
     # the same host_id is told apart from the ledger that pushed before.
@@ -105,12 +106,15 @@ MIGRATIONS: Tuple[str, ...] = (
         ref INTEGER NOT NULL,
         queued_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
     );
-    CREATE TRIGGER fleet_outbox_message AFTER INSERT ON messages
-        WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
-        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('message', NEW.id); END;
-    CREATE TRIGGER fleet_outbox_message_state AFTER UPDATE OF state ON message_domains
+    CREATE TRIGGER fleet_outbox_message AFTER INSERT ON message_domains
         WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
         BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('message', NEW.message_id); END;
+    CREATE TRIGGER fleet_outbox_message_state AFTER UPDATE OF state, adopted_at
+        ON message_domains WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('message', NEW.message_id); END;
+    CREATE TRIGGER fleet_outbox_message_details AFTER UPDATE OF received_at, sender, size
+        ON messages WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('message', NEW.id); END;
     CREATE TRIGGER fleet_outbox_flush AFTER INSERT ON flush_events
         WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
         BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('flush', NEW.id); END;

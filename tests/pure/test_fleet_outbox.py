@@ -29,22 +29,23 @@ def test_nothing_is_recorded_until_the_fleet_is_enabled(tmp_path: Path) -> None:
     ledger.apply_reconciliation([(1, "a.test")], [2], 200.0)  # the sighting alone is no change
     flush_id = ledger.start_flush("a.test", "manual", False, "up", 1, 300.0)
     ledger.finish_flush(flush_id, 1, 0, "complete", "", 310.0)
-    assert rows(conn) == [("message", 1), ("message", 2), ("message", 1), ("flush", flush_id),
-                          ("flush", flush_id)]
+    # (one row per new (message, domain) row: Q2 is for two domains)
+    assert rows(conn) == [("message", 1), ("message", 2), ("message", 2), ("message", 1),
+                          ("flush", flush_id), ("flush", flush_id)]
     state = outbox.state(conn)
-    assert (state.pending_changes, state.pushed_seq) == (5, 0)
+    assert (state.pending_changes, state.pushed_seq) == (6, 0)
     assert state.lag_seconds(state.oldest_pending_at + 7) == 7  # type: ignore[operator]
 
-    batches = list(outbox.batches(conn, 0, 3))
-    assert [(b.last_seq, b.changes) for b in batches] == [(3, 3), (5, 2)]
+    batches = list(outbox.batches(conn, 0, 4))
+    assert [(b.last_seq, b.changes) for b in batches] == [(4, 4), (6, 2)]
     assert [m[1] for m in batches[0].messages] == ["Q1", "Q2"]
     assert sorted((d[0], d[1], d[3]) for d in batches[0].domains) == [
         (1, "a.test", "left"), (2, "a.test", "held"), (2, "b.test", "held")]
     assert batches[1].flushes[0][10] == "complete"
 
-    outbox.acknowledge(conn, 3, 400.0)
+    outbox.acknowledge(conn, 4, 400.0)
     state = outbox.state(conn)
-    assert (state.pending_changes, state.pushed_seq, state.last_success_at) == (2, 3, 400.0)
+    assert (state.pending_changes, state.pushed_seq, state.last_success_at) == (2, 4, 400.0)
     outbox.record_failure(conn, "fleet store: connection refused", 500.0)
     assert outbox.state(conn).last_error == "fleet store: connection refused"
 
@@ -82,5 +83,22 @@ def test_prune_keeps_held_and_recent_messages(tmp_path: Path) -> None:
         "BOTH", "NEW", "HELD"]
     assert conn.execute("SELECT COUNT(*) FROM message_domains WHERE message_id = 1"
                         ).fetchone()[0] == 0
+    conn.close()
+    ledger.close()
+
+
+def test_a_late_milter_record_completing_an_adopted_message_is_queued(tmp_path: Path) -> None:
+    ledger = Ledger(str(tmp_path / "ledger.sqlite3")).open()
+    conn = connect(ledger.path)
+    outbox.enable(conn)
+    conn.execute("INSERT INTO messages (id, queue_id, received_at, sender, size)"
+                 " VALUES (7, 'QA', 100.0, '', 0)")
+    conn.execute("INSERT INTO message_domains (message_id, domain, recipients, adopted_at)"
+                 " VALUES (7, 'a.test', 'alice@a.test', 110.0)")
+    conn.execute("DELETE FROM fleet_outbox")
+    ledger.record(record("QA", received_at=100.5, size=4321))
+    assert {ref for _, ref in rows(conn)} == {7} and rows(conn)
+    batch = next(outbox.batches(conn, 0, 100))
+    assert batch.messages[0][4] == 4321 and batch.domains[0][-1] is None  # size; adopted_at
     conn.close()
     ledger.close()

@@ -46,7 +46,9 @@ class PolicydConfig:
     sender_networks: Optional[str]
     primary_up_action: str
     probe_interval: float
+    probe_interval_down: float
     probe_timeout: float
+    flush_on_return: bool
     primary_up_after: int
     primary_down_after: int
     recipient_delimiter: Optional[str]  # None: ask Postfix (postconf recipient_delimiter)
@@ -167,7 +169,11 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
         "sender_networks": (_optional_path, ""),
         "primary_up_action": (_choice(*PRIMARY_UP_ACTIONS), "defer"),
         "probe_interval": (_positive_seconds, "30"),
+        # while a primary is reported down: probe it this often, so its return is seen soon
+        "probe_interval_down": (_positive_seconds, "10"),
         "probe_timeout": (_positive_seconds, "5"),
+        # run `backupmx flush DOMAIN --on-return` when a domain's primary is reported up again
+        "flush_on_return": (_boolean, "yes"),
         # hysteresis: consecutive probes that must agree before the reported state changes
         "primary_up_after": (_positive_int, "2"),
         "primary_down_after": (_positive_int, "1"),

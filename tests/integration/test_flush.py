@@ -67,7 +67,10 @@ def delivered_queue_id(content: bytes) -> str:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackupMxLab]:
     require_postfix()
-    instance = BackupMxLab(tmp_path_factory.mktemp("flush"), domains=[A, B], milter=True).start()
+    # The admin's flush and the timer's flush --auto are what this module tests: no flush on
+    # return (tests/integration/test_flush_on_return.py has it).
+    instance = BackupMxLab(tmp_path_factory.mktemp("flush"), domains=[A, B], milter=True,
+                           policyd_settings={"flush_on_return": "no"}).start()
     yield instance
     instance.close()
 

@@ -4,6 +4,11 @@
 undelivered. A ledger row (message, domain) is still held while the message is queued with at
 least one recipient of that domain; otherwise it has left the queue (delivered, bounced, or
 deleted). Status and flush both call ``reconcile``: there is one definition of "held".
+
+Held bytes are Postfix's own figure: when reconciliation first sees a message in the queue it
+records ``postqueue -j``'s ``message_size`` (the bytes of header and body in the queue file,
+Postfix's Received: header included: what the primary will receive) in place of the milter's
+provisional ``SIZE=`` declaration, which the milter takes because it never sees the content.
 """
 from __future__ import annotations
 
@@ -68,10 +73,13 @@ class QueueSnapshot:
     """Which relay domains each queued message still waits for."""
 
     domains_by_id: Dict[str, FrozenSet[str]] = field(default_factory=dict)
+    sizes_by_id: Dict[str, int] = field(default_factory=dict)  # message_size, bytes
 
     @classmethod
     def from_messages(cls, messages: Iterable[QueuedMessage]) -> "QueueSnapshot":
-        return cls({m.queue_id: m.domains for m in messages})
+        listed = list(messages)
+        return cls({m.queue_id: m.domains for m in listed},
+                   {m.queue_id: m.message_size for m in listed if m.message_size is not None})
 
     @classmethod
     def from_text(cls, text: str) -> "QueueSnapshot":
@@ -82,6 +90,7 @@ class QueueSnapshot:
         100,000 queued messages, status spends its time here (bench/ledger_bench.py).
         """
         domains_by_id: Dict[str, FrozenSet[str]] = {}
+        sizes_by_id: Dict[str, int] = {}
         interned: Dict[FrozenSet[str], FrozenSet[str]] = {}
         loads = json.loads
         for number, line in enumerate(text.splitlines(), start=1):
@@ -91,11 +100,15 @@ class QueueSnapshot:
                 data = loads(line)
                 found = (address_domain(str(r["address"])) for r in data.get("recipients", ()))
                 key = frozenset(domain for domain in found if domain)
-                domains_by_id[str(data["queue_id"])] = interned.setdefault(key, key)
+                queue_id = str(data["queue_id"])
+                domains_by_id[queue_id] = interned.setdefault(key, key)
+                size = data.get("message_size")
+                if isinstance(size, int):
+                    sizes_by_id[queue_id] = size
             except (ValueError, KeyError, TypeError, AttributeError) as error:
                 raise QueueFormatError(f"postqueue -j line {number}: {error}: {line[:200]!r}"
                                        ) from None
-        return cls(domains_by_id)
+        return cls(domains_by_id, sizes_by_id)
 
     def holds(self, queue_id: str, domain: str) -> bool:
         return domain in self.domains_by_id.get(queue_id, ())
@@ -106,11 +119,13 @@ class QueueSnapshot:
 
 @dataclass(frozen=True)
 class Reconciliation:
-    """What one reconciliation found: rows that left the queue and messages first seen in it."""
+    """What one reconciliation found: rows that left the queue, messages first seen in it, and
+    the queue's exact size of those (message id, bytes)."""
 
     gone: Tuple[Tuple[int, str], ...]
     seen: Tuple[int, ...]
     still_held: Dict[str, int]
+    sizes: Tuple[Tuple[int, int], ...] = ()
 
     def gone_by_domain(self) -> Dict[str, int]:
         counts: Dict[str, int] = {}
@@ -122,14 +137,19 @@ class Reconciliation:
 def compare(rows: Sequence[HeldRow], snapshot: QueueSnapshot, now: float,
             grace: float = UNSEEN_GRACE_SECONDS) -> Reconciliation:
     """Pure decision: which held rows left the queue, which messages are seen in it for the first
-    time. A row never seen queued and younger than ``grace`` stays held (UNSEEN_GRACE_SECONDS)."""
+    time (with their message_size). A row never seen queued and younger than ``grace`` stays
+    held (UNSEEN_GRACE_SECONDS)."""
     gone: List[Tuple[int, str]] = []
     seen: List[int] = []
+    sizes: Dict[int, int] = {}
     still: Dict[str, int] = {}
     for row in rows:
         if row.queue_id in snapshot:
             if not row.seen_in_queue:
                 seen.append(row.message_id)
+                size = snapshot.sizes_by_id.get(row.queue_id)
+                if size is not None:
+                    sizes[row.message_id] = size
             if snapshot.holds(row.queue_id, row.domain):
                 still[row.domain] = still.get(row.domain, 0) + 1
                 continue
@@ -138,7 +158,7 @@ def compare(rows: Sequence[HeldRow], snapshot: QueueSnapshot, now: float,
             gone.append((row.message_id, row.domain))
         else:
             still[row.domain] = still.get(row.domain, 0) + 1
-    return Reconciliation(tuple(gone), tuple(dict.fromkeys(seen)), still)
+    return Reconciliation(tuple(gone), tuple(dict.fromkeys(seen)), still, tuple(sizes.items()))
 
 
 def reconcile(ledger: Ledger, snapshot: QueueSnapshot, now: float,
@@ -147,5 +167,5 @@ def reconcile(ledger: Ledger, snapshot: QueueSnapshot, now: float,
     """Mark held rows no longer in the queue as left (or flushed, during flush ``flush_id``)."""
     ledger.replay_journal()
     result = compare(ledger.held_rows(domain), snapshot, now, grace)
-    ledger.apply_reconciliation(result.gone, result.seen, now, flush_id)
+    ledger.apply_reconciliation(result.gone, result.seen, now, flush_id, result.sizes)
     return result

@@ -326,9 +326,11 @@ class Ledger:
         return [HeldRow._make(row) for row in rows]
 
     def apply_reconciliation(self, gone: Sequence[Tuple[int, str]], seen: Sequence[int],
-                             now: float, flush_id: Optional[int] = None) -> None:
-        """Mark (message, domain) rows as flushed (during a flush) or left, and note sightings."""
-        if not gone and not seen:
+                             now: float, flush_id: Optional[int] = None,
+                             sizes: Sequence[Tuple[int, int]] = ()) -> None:
+        """Mark (message, domain) rows as flushed (during a flush) or left, note sightings, and
+        record the queue's exact size (bytes) of messages seen for the first time."""
+        if not gone and not seen and not sizes:
             return
         state = FLUSHED if flush_id is not None else LEFT
         with self._lock:
@@ -342,6 +344,8 @@ class Ledger:
                 conn.executemany(
                     "UPDATE messages SET seen_in_queue_at = ? WHERE id = ?"
                     " AND seen_in_queue_at IS NULL", [(now, message_id) for message_id in seen])
+                conn.executemany("UPDATE messages SET size = ? WHERE id = ?",
+                                 [(size, message_id) for message_id, size in sizes])
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

@@ -15,7 +15,7 @@ import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from backupmx.admin.context import CommandContext
 from backupmx.admin.primaries import UP, PrimaryState
@@ -162,7 +162,16 @@ def wait_until_left(ctx: CommandContext, domain: str, flush_id: int, wait: float
 
 
 def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
-    """Flush every domain with held mail whose primary is up; exit status."""
+    """Flush every domain with held mail whose primary is up, then send the ``[notify]``
+    events now due (admin/notify.py); exit status (notifications never change it)."""
+    reports: Dict[str, PrimaryState] = {}
+    status = _flush_auto(ctx, wait, reports)
+    from backupmx.admin.notify import notify
+    notify(ctx, reports)
+    return status
+
+
+def _flush_auto(ctx: CommandContext, wait: float, reports: Dict[str, PrimaryState]) -> int:
     ledger = ctx.ledger()
     reconcile(ledger, snapshot(ctx), ctx.clock())
     summaries = ledger.summaries()
@@ -171,7 +180,7 @@ def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
     if not candidates:
         print("nothing held: nothing to flush", file=ctx.out)
         return EXIT_OK
-    reports = ctx.probe(candidates, ctx.probe_timeout)
+    reports.update(ctx.probe(candidates, ctx.probe_timeout))
     chosen = choose_auto(summaries, reports, ctx.config.domains)
     status = EXIT_OK
     for domain in sorted(candidates):

@@ -76,12 +76,29 @@ class PostfixConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """``[notify]``: who is told when mail is held (off while neither mail_to nor command is set);
+    durations in seconds."""
+
+    mail_to: Optional[str] = None
+    command: Optional[str] = None
+    held_after: int = 15 * 60
+    repeat: int = 24 * 3600
+    bounce_warning: int = 24 * 3600
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.mail_to or self.command)
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     policyd: PolicydConfig
     milter: MilterConfig
     postfix: PostfixConfig
     domains: Mapping[str, PrimarySpec] = field(default_factory=dict)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
 
 # ---- value parsers: text -> value, ValueError with a short reason -----------------------------
@@ -152,6 +169,23 @@ def _user_name(text: str) -> Optional[str]:
     return text or None
 
 
+def _duration(text: str) -> int:
+    """Postfix's time syntax (common.postfix_values.parse_time): ``15m``, ``24h``, ``2d``,
+    or a bare number of seconds; 0 allowed."""
+    from backupmx.common.postfix_values import parse_time
+    try:
+        return parse_time(text, default_unit="s")
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (like 900, 15m, 24h or 2d)") from None
+
+
+def _mail_address(text: str) -> Optional[str]:
+    if text and (text.count("@") != 1 or text.startswith("@") or text.endswith("@")
+                 or any(c.isspace() or c in "<>,;\"" for c in text)):
+        raise ValueError(f"{text!r} is not a plain mail address (user@domain)")
+    return text or None
+
+
 def _primary(text: str) -> PrimarySpec:
     if text.lower() == "mx":
         return PrimarySpec(host=None)
@@ -195,6 +229,14 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
     },
     "postfix": {
         "config_directory": (_optional_path, ""),
+    },
+    # off unless mail_to or command is set; evaluated by every `backupmx flush --auto` run
+    "notify": {
+        "mail_to": (_mail_address, ""),
+        "command": (_optional_path, ""),
+        "held_after": (_duration, "15m"),
+        "repeat": (_duration, "24h"),
+        "bounce_warning": (_duration, "24h"),
     },
 }
 
@@ -274,6 +316,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     policyd = _section_values(path, "policyd", sections.get("policyd", {}))
     milter = _section_values(path, "milter", sections.get("milter", {}))
     postfix = _section_values(path, "postfix", sections.get("postfix", {}))
+    notify = _section_values(path, "notify", sections.get("notify", {}))
     if milter["journal"] is None:
         milter["journal"] = f"{milter['ledger']}.journal"
     return Config(
@@ -282,6 +325,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         milter=MilterConfig(**milter),  # type: ignore[arg-type]  # (ditto)
         postfix=PostfixConfig(**postfix),  # type: ignore[arg-type]  # (ditto)
         domains=_domains(path, sections.get("domains", {})),
+        notify=NotifyConfig(**notify),  # type: ignore[arg-type]  # (ditto)
     )
 
 

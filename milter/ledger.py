@@ -74,6 +74,16 @@ MIGRATIONS: Tuple[str, ...] = (
     ALTER TABLE messages ADD COLUMN seen_in_queue_at REAL;
     CREATE INDEX flush_events_domain ON flush_events (domain, id);
     """,
+    # 3: what `[notify]` last sent per domain (admin/notify_events.py), so that each event is
+    # sent once across `backupmx flush --auto` runs.
+    """
+    CREATE TABLE notify_state (
+        domain TEXT PRIMARY KEY,
+        held_sent_at REAL,
+        last_sent_at REAL,
+        bounce_warned_at REAL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -403,3 +413,32 @@ class Ledger:
                 " held_before, delivered, remaining, result, detail FROM flush_events"
                 " WHERE id = ?", (flush_id,)).fetchone()
         return FlushEvent(row[0], row[1], row[2], bool(row[3]), *row[4:]) if row else None
+
+    # ---- notification state ----------------------------------------------------------------
+
+    def notify_states(self) -> Dict[str, Tuple[Optional[float], Optional[float], Optional[float]]]:
+        """domain -> (held_sent_at, last_sent_at, bounce_warned_at), Unix seconds or None."""
+        with self._lock:
+            rows = self._connection().execute(
+                "SELECT domain, held_sent_at, last_sent_at, bounce_warned_at"
+                " FROM notify_state").fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def save_notify_states(
+            self, states: Dict[str, Tuple[Optional[float], Optional[float], Optional[float]]]
+    ) -> None:
+        """Replace the whole notification state in one transaction."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM notify_state")
+                conn.executemany(
+                    "INSERT INTO notify_state (domain, held_sent_at, last_sent_at,"
+                    " bounce_warned_at) VALUES (?, ?, ?, ?)",
+                    [(domain, *values) for domain, values in sorted(states.items())])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise

@@ -130,8 +130,8 @@ def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: fl
                            f"flushing, the mail would only be deferred again. --force flushes "
                            f"anyway.")
     ledger = ctx.ledger()
-    held_before = reconcile(ledger, snapshot(ctx), ctx.clock(), domain=domain) \
-        .still_held.get(domain, 0)
+    held_before = reconcile(ledger, snapshot(ctx), ctx.clock(), domain=domain,
+                            relay_domains=ctx.config.domains).still_held.get(domain, 0)
     if if_held and held_before == 0:
         return None
     flush_id = ledger.start_flush(domain, trigger, force, report.status, held_before, ctx.clock())
@@ -154,7 +154,8 @@ def wait_until_left(ctx: CommandContext, domain: str, flush_id: int, wait: float
     deadline = ctx.clock() + wait
     while True:
         now = ctx.clock()
-        still = reconcile(ctx.ledger(), snapshot(ctx), now, flush_id=flush_id, domain=domain)
+        still = reconcile(ctx.ledger(), snapshot(ctx), now, flush_id=flush_id, domain=domain,
+                          relay_domains=ctx.config.domains)
         remaining = still.still_held.get(domain, 0)
         if remaining == 0 or now >= deadline:
             return remaining
@@ -173,7 +174,7 @@ def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
 
 def _flush_auto(ctx: CommandContext, wait: float, reports: Dict[str, PrimaryState]) -> int:
     ledger = ctx.ledger()
-    reconcile(ledger, snapshot(ctx), ctx.clock())
+    reconcile(ledger, snapshot(ctx), ctx.clock(), relay_domains=ctx.config.domains)
     summaries = ledger.summaries()
     candidates = {d: ctx.config.domains[d] for d, s in summaries.items()
                   if d in ctx.config.domains and s.held_messages > 0}

@@ -24,6 +24,7 @@ from backupmx.common.postfix_values import (
     parse_time,
     split_list,
 )
+from backupmx.common.relay_scope import unconfigured_relay_names
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 WEEK = 7 * 86400
@@ -140,6 +141,17 @@ def check_domain_lists(domains: Sequence[str], postconf: Mapping[str, str],
                 results.append(Result(name, FAIL, f"{domain} is in {name}: Postfix would deliver "
                                       "it here instead of relaying it to the primary",
                                       f"remove {domain} from {name}"))
+    missing, tables = unconfigured_relay_names(postconf.get("relay_domains", ""), domains)
+    for name in missing:
+        results.append(Result("relay_domains", FAIL, f"relay_domains lists {name}, which "
+                              "[domains] does not: Postfix relays its mail but backupmx checks "
+                              "none of its recipients (backscatter)",
+                              f"add {name.lstrip('.')} to [domains] in backupmx.conf, or "
+                              "remove it from relay_domains"))
+    for table in tables:
+        results.append(Result("relay_domains", WARN, f"relay_domains uses the table {table}: "
+                              "backupmx cannot tell whether it lists domains [domains] does not",
+                              "make sure every relay domain in it is in [domains]"))
     return results
 
 
@@ -328,6 +340,10 @@ def check_dns(domain: str, spec: PrimarySpec, dns: DomainDns, hostname: str) -> 
         return [Result(name, FAIL, f"no MX records for {domain}"
                        + (f" ({dns.error})" if dns.error else ""),
                        f"publish {domain}. MX 10 PRIMARY. and {domain}. MX 20 {me}.")]
+    if any(not _norm(host) for _, host in dns.mx):
+        return [Result(name, FAIL, f"{domain} publishes a null MX (RFC 7505): it accepts no "
+                       "mail, so senders never come to a backup MX for it either",
+                       f"replace the null MX of {domain} by its primary and {me}")]
     mine = [pref for pref, host in dns.mx if _norm(host) == me]
     others = sorted((pref, _norm(host)) for pref, host in dns.mx if _norm(host) != me)
     listed = ", ".join(f"{pref} {host}" for pref, host in sorted(dns.mx))
@@ -351,8 +367,11 @@ def check_dns(domain: str, spec: PrimarySpec, dns: DomainDns, hostname: str) -> 
     published = {ip for host in primaries for ip in addresses.get(host, ())}
     probed = probed_addresses(spec, dns)
     if spec.host is None:
-        results.append(Result(f"primary {domain}", OK, f"policyd probes the lowest MX, "
-                              f"{', '.join(primaries)}"))
+        results.append(Result(f"primary {domain}", OK, f"policyd probes every MX of the lowest "
+                              f"preference, {', '.join(primaries)}"))
+        results.extend(Result(f"primary {domain}", WARN, f"the primary MX {host} has no address "
+                              "in DNS: senders skip it", f"publish an A or AAAA record for {host}")
+                       for host in primaries if dns.addresses and not addresses.get(host))
     elif probed & published:
         results.append(Result(f"primary {domain}", OK, f"policyd probes {spec}, an address of "
                               f"the primary MX {', '.join(primaries)}"))

@@ -38,6 +38,8 @@ def domain_status(domain: str, summary: Optional[DomainSummary], report: Optiona
         "configured": configured,
         "held_messages": held,
         "held_bytes": summary.held_bytes if summary and held else 0,
+        # of held_messages: adopted from Postfix's queue because the milter never recorded them
+        "adopted_messages": summary.adopted_messages if summary and held else 0,
         "oldest_held_seconds": oldest,
         "bounces_in_seconds": bounces_in,
         "last_flush": last_flush.to_json() if last_flush else None,
@@ -99,7 +101,10 @@ def render_table(status: Mapping[str, Any]) -> str:
     lines = [header]
     for row in status["domains"]:
         name = row["domain"] if row["configured"] else f"{row['domain']} (not configured)"
-        lines.append((name, row["primary"], str(row["held_messages"]), _size(row["held_bytes"]),
+        held = str(row["held_messages"])
+        if row.get("adopted_messages"):
+            held += f" ({row['adopted_messages']} adopted)"
+        lines.append((name, row["primary"], held, _size(row["held_bytes"]),
                       _duration(row["oldest_held_seconds"]), _duration(row["bounces_in_seconds"]),
                       _flush_text(row["last_flush"], now)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
@@ -120,7 +125,7 @@ def collect_status(ctx: CommandContext, probe: bool = True) -> Dict[str, Any]:
         ledger = ctx.ledger()
         try:
             snapshot = QueueSnapshot.from_text(ctx.postfix.queue_json())
-            reconcile(ledger, snapshot, now)
+            reconcile(ledger, snapshot, now, relay_domains=ctx.config.domains)
         except (PostfixError, QueueFormatError) as error:
             warnings.append(f"counts not reconciled with the queue: {error}")
         summaries = ledger.summaries()

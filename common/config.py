@@ -10,10 +10,20 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
-from backupmx.common.addresses import normalize_domain
 from backupmx.common.listen import ListenAddress, optional_listen, parse_host_port, parse_listen
+from backupmx.common.values import (
+    absolute_path,
+    boolean,
+    choice,
+    domain_name,
+    optional_mail_address,
+    positive_int,
+    positive_seconds,
+    postfix_duration,
+    share,
+)
 
 DEFAULT_CONFIG_PATH = "/etc/backupmx/backupmx.conf"
 PRIMARY_UP_ACTIONS = ("defer", "reject", "ignore")
@@ -54,6 +64,7 @@ class PolicydConfig:
     recipient_delimiter: Optional[str]  # None: ask Postfix (postconf recipient_delimiter)
     log_accepts: bool
     map_check_interval: float
+    max_shrink: float  # a fraction, 0 to 1
     idle_timeout: float
     max_line_length: int
     max_attributes: int
@@ -103,58 +114,15 @@ class Config:
 
 # ---- value parsers: text -> value, ValueError with a short reason -----------------------------
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError(f"{text!r} must be a positive number of seconds")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise ValueError(f"{text!r} must be a positive whole number")
-    return int(text)
-
-
-def _boolean(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("yes", "true", "on", "1"):
-        return True
-    if lowered in ("no", "false", "off", "0"):
-        return False
-    raise ValueError(f"{text!r} is not yes or no")
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text.lower() not in choices:
-            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
-        return text.lower()
-    return parse
-
-
 def _path_list(text: str) -> Tuple[str, ...]:
     paths = tuple(p.strip() for p in text.split(",") if p.strip())
     for path in paths:
-        _absolute_path(path)
+        absolute_path(path)
     return paths
 
 
-def _absolute_path(text: str) -> str:
-    if not text.startswith("/"):
-        raise ValueError(f"{text!r} must be an absolute path")
-    return text
-
-
 def _optional_path(text: str) -> Optional[str]:
-    return _absolute_path(text) if text else None
-
-
-def _optional_text(text: str) -> Optional[str]:
-    return text or None
+    return absolute_path(text) if text else None
 
 
 def _delimiter(text: str) -> Optional[str]:
@@ -169,23 +137,6 @@ def _user_name(text: str) -> Optional[str]:
     return text or None
 
 
-def _duration(text: str) -> int:
-    """Postfix's time syntax (common.postfix_values.parse_time): ``15m``, ``24h``, ``2d``,
-    or a bare number of seconds; 0 allowed."""
-    from backupmx.common.postfix_values import parse_time
-    try:
-        return parse_time(text, default_unit="s")
-    except ValueError:
-        raise ValueError(f"{text!r} is not a duration (like 900, 15m, 24h or 2d)") from None
-
-
-def _mail_address(text: str) -> Optional[str]:
-    if text and (text.count("@") != 1 or text.startswith("@") or text.endswith("@")
-                 or any(c.isspace() or c in "<>,;\"" for c in text)):
-        raise ValueError(f"{text!r} is not a plain mail address (user@domain)")
-    return text or None
-
-
 def _primary(text: str) -> PrimarySpec:
     if text.lower() == "mx":
         return PrimarySpec(host=None)
@@ -193,37 +144,38 @@ def _primary(text: str) -> PrimarySpec:
     return PrimarySpec(host=host, port=port)
 
 
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9-]{1,63}$")
-
 # section -> key -> (parser, embedded default as it would be written in the file)
 SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
     "policyd": {
         "listen": (parse_listen, "inet:127.0.0.1:10040"),
         "recipients": (_path_list, "/etc/backupmx/relay_recipients"),
         "sender_networks": (_optional_path, ""),
-        "primary_up_action": (_choice(*PRIMARY_UP_ACTIONS), "defer"),
-        "probe_interval": (_positive_seconds, "30"),
+        "primary_up_action": (choice(*PRIMARY_UP_ACTIONS), "defer"),
+        "probe_interval": (positive_seconds, "30"),
         # while a primary is reported down: probe it this often, so its return is seen soon
-        "probe_interval_down": (_positive_seconds, "10"),
-        "probe_timeout": (_positive_seconds, "5"),
+        "probe_interval_down": (positive_seconds, "10"),
+        "probe_timeout": (positive_seconds, "5"),
         # run `backupmx flush DOMAIN --on-return` when a domain's primary is reported up again
-        "flush_on_return": (_boolean, "yes"),
+        "flush_on_return": (boolean, "yes"),
         # hysteresis: consecutive probes that must agree before the reported state changes
-        "primary_up_after": (_positive_int, "2"),
-        "primary_down_after": (_positive_int, "1"),
+        "primary_up_after": (positive_int, "2"),
+        "primary_down_after": (positive_int, "1"),
         "recipient_delimiter": (_delimiter, ""),
-        "log_accepts": (_boolean, "no"),
-        "map_check_interval": (_positive_seconds, "5"),
-        "idle_timeout": (_positive_seconds, "600"),
-        "max_line_length": (_positive_int, "8192"),
-        "max_attributes": (_positive_int, "200"),
+        "log_accepts": (boolean, "no"),
+        "map_check_interval": (positive_seconds, "5"),
+        # an automatic map reload that drops more than this share of a domain's addresses is
+        # held back (the file is probably being written); SIGHUP applies it anyway
+        "max_shrink": (share, "20%"),
+        "idle_timeout": (positive_seconds, "600"),
+        "max_line_length": (positive_int, "8192"),
+        "max_attributes": (positive_int, "200"),
         "metrics": (optional_listen, ""),
         "user": (_user_name, ""),
     },
     "milter": {
         "listen": (parse_listen, "inet:127.0.0.1:8890"),
-        "ledger": (_absolute_path, "/var/lib/backupmx/ledger.sqlite3"),
-        "ledger_sync": (_choice("normal", "full"), "normal"),
+        "ledger": (absolute_path, "/var/lib/backupmx/ledger.sqlite3"),
+        "ledger_sync": (choice("normal", "full"), "normal"),
         "journal": (_optional_path, ""),
         "user": (_user_name, ""),
     },
@@ -232,11 +184,11 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
     },
     # off unless mail_to or command is set; evaluated by every `backupmx flush --auto` run
     "notify": {
-        "mail_to": (_mail_address, ""),
+        "mail_to": (optional_mail_address, ""),
         "command": (_optional_path, ""),
-        "held_after": (_duration, "15m"),
-        "repeat": (_duration, "24h"),
-        "bounce_warning": (_duration, "24h"),
+        "held_after": (postfix_duration, "15m"),
+        "repeat": (postfix_duration, "24h"),
+        "bounce_warning": (postfix_duration, "24h"),
     },
 }
 
@@ -298,9 +250,11 @@ def _section_values(path: str, name: str, entries: Mapping[str, _Entry]) -> Dict
 def _domains(path: str, entries: Mapping[str, _Entry]) -> Dict[str, PrimarySpec]:
     domains: Dict[str, PrimarySpec] = {}
     for domain, entry in entries.items():
-        domain = normalize_domain(domain)
-        if not _DOMAIN_RE.match(domain):
-            raise ConfigError(f"{path}:{entry.line}: [domains] {domain}: not a domain name")
+        try:
+            domain = domain_name(domain)
+        except ValueError:
+            raise ConfigError(f"{path}:{entry.line}: [domains] {domain}: not a domain name"
+                              ) from None
         if domain in domains:
             raise ConfigError(f"{path}:{entry.line}: [domains] {domain}: domain set twice")
         try:
@@ -340,11 +294,3 @@ def load_config(path: str = DEFAULT_CONFIG_PATH) -> Config:
     return parse_config(text, os.path.abspath(path))
 
 
-def check_readable(paths: List[str]) -> None:
-    """Fail early, with the path, when a file the configuration names cannot be read."""
-    for path in paths:
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as error:
-            raise ConfigError(f"{path}: cannot read: {error.strerror}") from None

@@ -1,6 +1,7 @@
 """Loading the files policyd decides from: recipient maps and the sender networks allowlist.
 
-All functions here block on disk (and on ``postconf`` for the recipient delimiter): the daemon
+All functions here block on disk (and on ``postconf`` for the recipient delimiter and the relay
+domains): the daemon
 calls them at start, before listening, and afterwards only from a worker thread.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Callable, List, Optional, Tuple
 from backupmx.common.config import Config
 from backupmx.common.postfix import Postfix, PostfixError
 from backupmx.common.recipient_map import RecipientMap, load_recipient_map
+from backupmx.common.relay_scope import PARAMETERS, RelayScope
 from backupmx.common.sender_networks import SenderNetworks, load_sender_networks
 
 Signature = Tuple[Tuple[str, object], ...]
@@ -30,11 +32,16 @@ class LoadedMaps:
     signature: Signature
     delimiter_warning: str = ""
     warnings: Tuple[str, ...] = ()
+    scope: Optional[RelayScope] = None  # None: only exact [domains] names are judged
 
 
 def map_paths(config: Config) -> Tuple[str, ...]:
+    """Every file a map reload reads: the maps, and Postfix's main.cf (its relay_domains and
+    recipient_delimiter), so that an edit of either is picked up the same way."""
     networks = config.policyd.sender_networks
-    return config.policyd.recipients + ((networks,) if networks else ())
+    main_cf = os.path.join(Postfix.from_setting(config.postfix.config_directory).directory(),
+                           "main.cf")
+    return config.policyd.recipients + ((networks,) if networks else ()) + (main_cf,)
 
 
 def file_signature(paths: Tuple[str, ...]) -> Signature:
@@ -61,6 +68,20 @@ def recipient_delimiter(config: Config) -> Tuple[str, str]:
         return "", f"cannot read Postfix's recipient_delimiter ({error}); using none"
 
 
+def relay_scope(config: Config) -> Tuple[RelayScope, str]:
+    """The RelayScope of the configured domains from Postfix's own settings, and a warning
+    (empty if none). Postfix unreadable: a scope judging exact [domains] names only."""
+    configured = frozenset(config.domains)
+    try:
+        postconf = Postfix.from_setting(config.postfix.config_directory).postconf(
+            *PARAMETERS, expand=True)
+    except PostfixError as error:
+        return RelayScope(configured), (
+            f"cannot read Postfix's relay_domains ({error}): only the names in [domains] are "
+            "judged, not their subdomains")
+    return RelayScope(configured, postconf), ""
+
+
 def load_maps(config: Config, delimiter: Optional[str] = None,
               pause: Optional[Callable[[], None]] = None) -> LoadedMaps:
     """Read every map the configuration names. Raises MapError naming the file and line.
@@ -74,5 +95,7 @@ def load_maps(config: Config, delimiter: Optional[str] = None,
     recipients = load_recipient_map(config.policyd.recipients, delimiter, pause)
     networks_path = config.policyd.sender_networks
     networks = load_sender_networks(networks_path) if networks_path else None
-    warnings = recipients.warnings + (networks.warnings if networks is not None else ())
-    return LoadedMaps(recipients, networks, signature, warning, warnings)
+    scope, scope_warning = relay_scope(config)
+    warnings = recipients.warnings + (networks.warnings if networks is not None else ()) + (
+        (scope_warning,) if scope_warning else ())
+    return LoadedMaps(recipients, networks, signature, warning, warnings, scope)

@@ -63,6 +63,14 @@ class RecipientMap:
         """True when the map says anything about this (lower-case) domain."""
         return domain in self.users or domain in self.catch_all
 
+    def count(self, domain: str) -> int:
+        """Keys of this (lower-case) domain: its addresses, plus 1 for an ``@domain`` key."""
+        return len(self.users.get(domain, ())) + (domain in self.catch_all)
+
+    def domains(self) -> FrozenSet[str]:
+        """Every domain the map says anything about."""
+        return frozenset(self.users) | self.catch_all
+
     def accepts(self, local: str, domain: str) -> bool:
         """Is local@domain a valid recipient? Arguments are already lower-case.
 

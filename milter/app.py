@@ -58,6 +58,7 @@ class LedgerMilter(Milter.Base):
         self.client_name = ""
         self.helo = ""
         self.envelope: Optional[Envelope] = None
+        self.connected = False
 
     def negotiate(self, opts: list) -> int:
         """Standard negotiation of callbacks: pymilter sets the SMFIP_NO* bit of every callback
@@ -73,6 +74,7 @@ class LedgerMilter(Milter.Base):
         address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else hostaddr
         self.client_addr = clean_text(address or "")
         self.client_name = clean_text(hostname or "")
+        self.connected = True
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -100,8 +102,11 @@ class LedgerMilter(Milter.Base):
         try:
             queue_id = self._queue_id()
             self._record(queue_id, envelope)
-        except Exception:  # accounting must never stop mail: log with the traceback, go on
-            log.exception("cannot record a message (queue id %s)", queue_id)
+        except Exception as error:  # accounting must never stop mail: log it, go on
+            log.error("queue id %s: cannot record the message (%s: %s); backupmx status and "
+                      "flush adopt it from Postfix's queue", queue_id or "unknown",
+                      type(error).__name__, error)
+            log.debug("traceback of the failed record", exc_info=True)
         return Milter.CONTINUE
 
     def _queue_id(self) -> Optional[str]:
@@ -127,5 +132,15 @@ class LedgerMilter(Milter.Base):
         return Milter.CONTINUE
 
     def close(self) -> int:
+        """End of the milter session. Without a connect event before it, libmilter has dropped
+        the session (it does so when Postfix does not know the client's address, as after
+        ``XCLIENT ADDR=[UNAVAILABLE]``): Postfix goes on with ``default_action`` and accepts the
+        session's mail unseen. Say so, once per session (no queue id exists yet)."""
+        if not self.connected:
+            log.error("queue id unknown: a milter session ended before its connect event "
+                      "(libmilter drops the session when Postfix does not know the client "
+                      "address, e.g. XCLIENT ADDR=[UNAVAILABLE]); mail of that SMTP session is "
+                      "not recorded by the milter: backupmx status and flush adopt it from "
+                      "Postfix's queue")
         return Milter.CONTINUE
 

@@ -74,7 +74,14 @@ MIGRATIONS: Tuple[str, ...] = (
     ALTER TABLE messages ADD COLUMN seen_in_queue_at REAL;
     CREATE INDEX flush_events_domain ON flush_events (domain, id);
     """,
-    # 3: what `[notify]` last sent per domain (admin/notify_events.py), so that each event is
+    # 3: rows adopted from Postfix's queue by reconciliation, because the milter never recorded
+    # them (milter down or restarting, a session libmilter ended early): when. NULL: recorded
+    # by the milter. The index finds a queued message's rows by its queue id.
+    """
+    ALTER TABLE message_domains ADD COLUMN adopted_at REAL;
+    CREATE INDEX messages_queue_id ON messages (queue_id);
+    """,
+    # 4: what `[notify]` last sent per domain (admin/notify_events.py), so that each event is
     # sent once across `backupmx flush --auto` runs.
     """
     CREATE TABLE notify_state (
@@ -112,12 +119,22 @@ class HeldRow(NamedTuple):
     seen_in_queue: bool
 
 
+class KnownRow(NamedTuple):
+    """A ledger row of a message, whatever its state (domain None: a message without any)."""
+
+    message_id: int
+    queue_id: str
+    received_at: float
+    domain: Optional[str]
+
+
 @dataclass(frozen=True)
 class DomainSummary:
     domain: str
     held_messages: int = 0
     held_bytes: int = 0
     oldest_received_at: Optional[float] = None
+    adopted_messages: int = 0  # of the held ones: adopted from the queue, not milter-recorded
 
 
 @dataclass(frozen=True)
@@ -363,13 +380,62 @@ class Ledger:
                 raise
 
     def summaries(self) -> Dict[str, DomainSummary]:
-        """Held messages, bytes and oldest arrival per domain (one indexed aggregate query)."""
+        """Held messages, bytes, oldest arrival and adopted messages per domain (one indexed
+        aggregate query)."""
         with self._lock:
             rows = self._connection().execute(
-                "SELECT md.domain, COUNT(*), COALESCE(SUM(m.size), 0), MIN(m.received_at)"
+                "SELECT md.domain, COUNT(*), COALESCE(SUM(m.size), 0), MIN(m.received_at),"
+                " COUNT(md.adopted_at)"
                 " FROM message_domains md JOIN messages m ON m.id = md.message_id"
                 " WHERE md.state = 'held' GROUP BY md.domain").fetchall()
-        return {r[0]: DomainSummary(r[0], r[1], r[2], r[3]) for r in rows}
+        return {r[0]: DomainSummary(r[0], r[1], r[2], r[3], r[4]) for r in rows}
+
+    def known_rows(self, queue_ids: Iterable[str]) -> List[KnownRow]:
+        """Every row, in any state, of the messages with these queue ids (reconciliation asks
+        before adopting queued messages)."""
+        ids = list(dict.fromkeys(queue_ids))
+        found: List[KnownRow] = []
+        with self._lock:
+            conn = self._connection()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ", ".join("?" * len(chunk))
+                found.extend(KnownRow._make(row) for row in conn.execute(
+                    "SELECT m.id, m.queue_id, m.received_at, md.domain FROM messages m"
+                    " LEFT JOIN message_domains md ON md.message_id = m.id"
+                    f" WHERE m.queue_id IN ({marks})", chunk))
+        return found
+
+    def adopt(self, adoptions: Sequence[Tuple[Optional[int], MessageRecord]], now: float) -> None:
+        """Store queued messages (or some of their domains) the milter never recorded, as held,
+        seen in the queue now and marked adopted. ``(message_id, record)``: message_id is the
+        ledger's message the domains belong to, or None to add the message too."""
+        if not adoptions:
+            return
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for message_id, record in adoptions:
+                    if message_id is None:
+                        conn.execute(
+                            "INSERT OR IGNORE INTO messages (queue_id, received_at, sender,"
+                            " size, seen_in_queue_at) VALUES (?, ?, ?, ?, ?)",
+                            (record.queue_id, record.received_at, record.sender, record.size,
+                             now))
+                        message_id = conn.execute(
+                            "SELECT id FROM messages WHERE queue_id = ? AND received_at = ?",
+                            (record.queue_id, record.received_at)).fetchone()[0]
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO message_domains (message_id, domain, recipients,"
+                        " state, changed_at, adopted_at) VALUES (?, ?, ?, 'held', ?, ?)",
+                        [(message_id, domain, "\n".join(rcpts), now, now)
+                         for domain, rcpts in record.recipients.items()])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def count_flushed(self, flush_id: int) -> int:
         with self._lock:

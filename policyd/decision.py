@@ -13,6 +13,7 @@ from typing import FrozenSet, Mapping, NamedTuple, Optional, Protocol
 
 from backupmx.common.addresses import split_address
 from backupmx.common.recipient_map import RecipientMap
+from backupmx.common.relay_scope import RelayScope
 from backupmx.common.sender_networks import SenderNetworks
 from backupmx.common.smtp_probe import DOWN, UNKNOWN, PrimaryState
 
@@ -35,6 +36,7 @@ class Policy:
     recipients: Optional[RecipientMap]  # None: no map loaded (yet)
     networks: Optional[SenderNetworks]
     primary_up_action: str = "defer"  # defer | reject | ignore
+    scope: Optional[RelayScope] = None  # subdomains Postfix relays for a configured domain
 
 
 class Decision(NamedTuple):
@@ -81,33 +83,42 @@ def decide(
     primaries: PrimaryStates,
     now: float,
 ) -> Decision:
-    """Decide one policy request. Only RCPT-time requests for our domains are judged."""
+    """Decide one policy request. Only RCPT-time requests for our domains are judged: a name
+    in ``policy.domains``, or a subdomain Postfix relays for one (``policy.scope``); the
+    decision's ``domain`` is then the configured domain it falls under."""
     if request.get("protocol_state", "").upper() != "RCPT":
         return Decision(DUNNO, "other_state")
     local, domain = split_address(request.get("recipient", ""))
+    owner = domain
     if domain not in policy.domains:
-        return Decision(DUNNO, "not_ours", domain)
+        # a subdomain Postfix relays for one of ours is judged as that domain (its map, its
+        # primary): answering "not ours" would let unknown users in, and bounce later
+        scope = policy.scope
+        found = scope.owner(domain) if scope is not None else None
+        if found is None:
+            return Decision(DUNNO, "not_ours", domain)
+        owner = found
     if _has_routing(local):
-        return Decision(ROUTING_REFUSED, "routing", domain, "routing characters in local part")
+        return Decision(ROUTING_REFUSED, "routing", owner, "routing characters in local part")
     recipients = policy.recipients
-    if recipients is None or not recipients.covers(domain):
-        return Decision(DUNNO, "unmapped_domain", domain, "no recipient map covers the domain")
+    if recipients is None or not (recipients.covers(owner) or recipients.covers(domain)):
+        return Decision(DUNNO, "unmapped_domain", owner, "no recipient map covers the domain")
     if not recipients.accepts(local, domain):
-        return Decision(UNKNOWN_USER, "unknown_user", domain, "not in the recipient map")
+        return Decision(UNKNOWN_USER, "unknown_user", owner, "not in the recipient map")
     networks = policy.networks
     if networks is not None and networks.allows(
         request.get("sender", ""), request.get("client_address", "")
     ):
-        return Decision(DUNNO, "allowlisted", domain, "client network allowed for sender")
-    state = primaries.state(domain, now)
+        return Decision(DUNNO, "allowlisted", owner, "client network allowed for sender")
+    state = primaries.state(owner, now)
     status = state.status
     if status == UNKNOWN:
-        return Decision(DUNNO, "primary_unknown", domain, "primary state unknown")
+        return Decision(DUNNO, "primary_unknown", owner, "primary state unknown")
     if status == DOWN:
-        return Decision(DUNNO, "primary_down", domain, f"primary {state.host} down")
+        return Decision(DUNNO, "primary_down", owner, f"primary {state.host} down")
     kind = policy.primary_up_action
     if kind == "ignore":
-        return Decision(DUNNO, "primary_up_ignored", domain, f"primary {state.host} up")
+        return Decision(DUNNO, "primary_up_ignored", owner, f"primary {state.host} up")
     return Decision(
-        primary_action(kind, state.host), f"primary_up_{kind}", domain, f"primary {state.host} up"
+        primary_action(kind, state.host), f"primary_up_{kind}", owner, f"primary {state.host} up"
     )

@@ -63,7 +63,8 @@ def run(config: Config) -> int:
     primaries = PrimaryMonitor(reactor, config.domains, settings.probe_interval,
                                settings.probe_timeout, up_after=settings.primary_up_after,
                                down_after=settings.primary_down_after,
-                               interval_down=settings.probe_interval_down)
+                               interval_down=settings.probe_interval_down,
+                               local_names=_local_names(config))
     service = PolicyService(reactor, config, maps, primaries)
     primaries.listeners.append(FlushOnReturn(reactor, lambda: service.config))
     # the service holds the maps now: no frame of ours may keep the start-up maps alive after
@@ -93,6 +94,17 @@ def run(config: Config) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", daemon.notify, "STOPPING=1")
     reactor.run()
     return EXIT_OK
+
+
+def _local_names(config: Config) -> "tuple[str, ...]":
+    """This host's own names (Postfix's myhostname): an MX among them is never the primary."""
+    from backupmx.common.addresses import normalize_domain
+    from backupmx.common.postfix import Postfix, PostfixError
+    try:
+        name = Postfix.from_setting(config.postfix.config_directory).parameter("myhostname")
+    except (PostfixError, KeyError):
+        return ()
+    return (normalize_domain(name),) if name else ()
 
 
 def _serve_metrics(reactor: Any, address: Optional[ListenAddress], service: Any,

@@ -75,6 +75,7 @@ def _state_of(service: Any, factory: Any, counts: DecisionCounts, now: float) ->
                        if state.changed_at is not None},
         "map_keys": len(service.maps.recipients),
         "last_reload": service.last_reload,
+        "held_back": len(service.held_back),
     }
 
 
@@ -126,6 +127,10 @@ class PolicydCollector:
         yield from (up, state, changed)
         yield GaugeMetricFamily("backupmx_recipient_map_keys",
                                 "Recipient keys in the map in use", value=data["map_keys"])
+        yield GaugeMetricFamily("backupmx_recipient_map_held_back",
+                                "1 while a changed recipient map is not used because it would "
+                                "cut a domain's keys by more than max_shrink, else 0",
+                                value=1.0 if data["held_back"] else 0.0)
         succeeded, when = data["last_reload"]
         yield GaugeMetricFamily("backupmx_reload_success",
                                 "1 if the last configuration or map reload succeeded",

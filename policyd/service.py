@@ -2,13 +2,15 @@
 
 ``PolicyService.respond`` is the request path: one ``decide`` call on the current policy and the
 primary monitor's states, one log line when the answer is not a plain accept. Reloads (SIGHUP, or
-a map file whose mtime changed) are built entirely in a worker thread and swapped in with one
-assignment; a failed reload logs why and keeps the last good state.
+a map file that changed and then stayed the same for one check interval) are built entirely in a
+worker thread and swapped in with one assignment; a failed reload logs why and keeps the last good
+state, and so does an automatic one that would cut a domain's keys by more than ``max_shrink``.
 """
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from twisted.internet import threads
@@ -19,6 +21,7 @@ from twisted.logger import Logger
 from backupmx.common.config import Config, ConfigError, load_config
 from backupmx.common.maps import (
     LoadedMaps,
+    Signature,
     file_signature,
     load_maps,
     map_paths,
@@ -40,6 +43,7 @@ def build_policy(config: Config, maps: LoadedMaps) -> Policy:
         recipients=maps.recipients,
         networks=maps.networks,
         primary_up_action=config.policyd.primary_up_action,
+        scope=maps.scope,
     )
 
 
@@ -59,6 +63,41 @@ def lost_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str]) -
     to "no map: accept every recipient" without a word.
     """
     return sorted(d for d in domains if old.covers(d) and not new.covers(d))
+
+
+def _under(domain: str, configured: Iterable[str]) -> bool:
+    return any(domain == parent or domain.endswith("." + parent) for parent in configured)
+
+
+@dataclass(frozen=True)
+class Shrink:
+    """One domain whose keys a new map would cut by more than ``[policyd] max_shrink``."""
+
+    domain: str
+    before: int
+    after: int
+
+    def __str__(self) -> str:
+        return f"{self.domain} {self.before} -> {self.after} keys"
+
+
+def shrunk_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str],
+                   max_shrink: float) -> List[Shrink]:
+    """Domains (configured ones and their subdomains) whose key count would drop by more than
+    ``max_shrink`` (a fraction, 0 to 1; 1 never refuses). A map file being rewritten in place
+    (truncated, then written again) looks like this while it is read half-way."""
+    if max_shrink >= 1:
+        return []
+    configured = tuple(domains)
+    found = []
+    for domain in sorted(old.domains()):
+        before = old.count(domain)
+        if not before or not _under(domain, configured):
+            continue
+        after = new.count(domain)
+        if before - after > max_shrink * before:
+            found.append(Shrink(domain, before, after))
+    return found
 
 
 class PolicyService:
@@ -82,7 +121,12 @@ class PolicyService:
         self._reloading: Optional[Deferred] = None
         self._reload_again = False
         self._map_check: Optional[LoopingCall] = None
-        self._failed_signature: Optional[Tuple[Any, ...]] = None
+        self._failed_signature: Optional[Signature] = None
+        # the signature the last map check saw, not loaded yet: a file is loaded once two
+        # checks in a row see the same signature (it has stopped changing)
+        self._pending_signature: Optional[Signature] = None
+        #: the domains whose shrink held back the last changed map (empty: none held back)
+        self.held_back: Tuple[Shrink, ...] = ()
         # (succeeded, when) of the last reload attempt, for metrics; start counts as one.
         self.last_reload: Tuple[bool, float] = (True, reactor.seconds())
         self._install(config, maps)
@@ -176,6 +220,11 @@ class PolicyService:
         if lost:
             self.log.warn("reload: no recipient map lists {lost} any more: every recipient of "
                           "it is accepted from now on", lost=", ".join(lost))
+        shrunk = shrunk_domains(self.maps.recipients, maps.recipients, config.domains,
+                                config.policyd.max_shrink)
+        if shrunk:
+            self.log.warn("reload: the recipient maps cut {shrunk} (more than max_shrink): "
+                          "applied, as a reload asks", shrunk=", ".join(map(str, shrunk)))
         self.primaries.configure(config.domains, config.policyd.probe_interval,
                                  config.policyd.probe_timeout,
                                  up_after=config.policyd.primary_up_after,
@@ -183,7 +232,8 @@ class PolicyService:
                                  interval_down=config.policyd.probe_interval_down)
         self.primaries.probe_all()
         self._install(config, maps)
-        self._failed_signature = None
+        self._failed_signature = self._pending_signature = None
+        self.held_back = ()
         self.last_reload = (True, self.reactor.seconds())
         self.log.info("reloaded {path}: {domains} domains, {count} recipient keys",
                       path=config.path, domains=len(config.domains), count=len(maps.recipients))
@@ -202,17 +252,30 @@ class PolicyService:
         return result
 
     def check_maps(self) -> Deferred:
-        """Reload the maps when a map file changed (mtime, size or inode), off the reactor."""
+        """Load the maps again once a changed map file has stopped changing, off the reactor.
+
+        A file counts as changed when its mtime, size or inode (or its being there at all)
+        differs from what the maps in use were read at, and as stopped changing when two checks
+        in a row see the same signature. A file that changed again while it was read is not
+        used (the next checks pick it up). A new map that cuts a domain's keys by more than
+        ``[policyd] max_shrink`` is held back (see shrunk_domains); SIGHUP applies it anyway.
+        """
         if self._reloading is not None:
             return maybeDeferred(lambda: None)
         paths = map_paths(self.config)
         checking = self.run_in_thread(file_signature, paths)
 
-        def compare(signature: Tuple[Any, ...]) -> Any:
-            if signature == self.maps.signature or signature == self._failed_signature:
+        def compare(signature: Signature) -> Any:
+            if signature == self.maps.signature:
+                self._pending_signature = None
+                self.held_back = ()
                 return None
-            if self._reloading is not None:
+            if signature == self._failed_signature or self._reloading is not None:
                 return None
+            if signature != self._pending_signature:
+                self._pending_signature = signature  # changed: wait until it stays the same
+                return None
+            self._pending_signature = None
             config = self.config
             self._reloading = self.run_in_thread(self._load_maps_only, config)
             self._reloading.addCallbacks(lambda maps: self._apply_maps(config, maps),
@@ -223,28 +286,41 @@ class PolicyService:
         return checking.addCallback(compare)
 
     @staticmethod
-    def _load_maps_only(config: Config) -> LoadedMaps:
+    def _load_maps_only(config: Config) -> Optional[LoadedMaps]:
+        """The maps, or None when a file changed while it was being read."""
         delimiter, _ = recipient_delimiter(config)
-        return load_maps(config, delimiter, pause=yield_to_reactor)
+        maps = load_maps(config, delimiter, pause=yield_to_reactor)
+        if file_signature(map_paths(config)) != maps.signature:
+            return None
+        return maps
 
-    def _apply_maps(self, config: Config, maps: LoadedMaps) -> None:
+    def _apply_maps(self, config: Config, maps: Optional[LoadedMaps]) -> None:
         if config is not self.config:
             return  # a full reload won the race; its maps are newer
-        lost = lost_domains(self.maps.recipients, maps.recipients, config.domains)
-        if lost:
+        if maps is None:
+            self.log.info("a map file changed while it was read: reading it again once it "
+                          "has stopped changing")
+            return
+        shrunk = shrunk_domains(self.maps.recipients, maps.recipients, config.domains,
+                                config.policyd.max_shrink)
+        if shrunk:
             self._failed_signature = maps.signature
+            self.held_back = tuple(shrunk)
             self.last_reload = (False, self.reactor.seconds())
-            self.log.error("recipient maps changed but no longer list any recipient of {lost} "
-                           "(file truncated or half written?): keeping the last good maps; "
-                           "send SIGHUP to accept the change", lost=", ".join(lost))
+            self.log.error(
+                "recipient maps changed but would cut {shrunk} (more than max_shrink "
+                "{share:g}%: file truncated or half written?): keeping the last good maps; "
+                "send SIGHUP to use the change", shrunk=", ".join(map(str, shrunk)),
+                share=config.policyd.max_shrink * 100)
             return
         self._install(config, maps)
         self._failed_signature = None
+        self.held_back = ()
         self.last_reload = (True, self.reactor.seconds())
         self.log.info("recipient maps reloaded: {count} keys from {sources}",
                       count=len(maps.recipients), sources=", ".join(maps.recipients.sources))
 
-    def _maps_failed(self, failure: Any, signature: Tuple[Any, ...]) -> None:
+    def _maps_failed(self, failure: Any, signature: Signature) -> None:
         failure.trap(MapError)
         self._failed_signature = signature
         self.last_reload = (False, self.reactor.seconds())

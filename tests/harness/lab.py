@@ -97,6 +97,7 @@ class BackupMxLab:
 
     def start(self) -> "BackupMxLab":
         try:
+            self.postfix.write_config()  # policyd reads relay_domains from it at start
             self.start_policyd()
             if self.with_milter:
                 self.start_milter()

@@ -101,6 +101,12 @@ def rewrite(path: Path, text: str) -> None:
     os.utime(path, ns=(before + 10**9, before + 10**9))
 
 
+def settle(service: PolicyService) -> None:
+    """Two map checks: the first sees a changed file, the second that it stopped changing."""
+    service.check_maps()
+    service.check_maps()
+
+
 def make_service(setup: Setup, run_in_thread: Callable[..., defer.Deferred] = synchronous
                  ) -> "tuple[PolicyService, FakeProber, task.Clock]":
     clock = task.Clock()

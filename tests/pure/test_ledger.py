@@ -52,15 +52,17 @@ def test_version_1_ledger_is_migrated_and_keeps_its_data(tmp_path: Path) -> None
     conn = ledger._connection()
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert "seen_in_queue_at" in {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
+    assert "adopted_at" in {r[1] for r in conn.execute("PRAGMA table_info(message_domains)")}
+    assert ledger.summaries()["a.test"].adopted_messages == 0  # the old row: milter-recorded
     ledger.close()
 
 
-def test_version_2_ledger_gains_the_notify_state(tmp_path: Path) -> None:
-    path = str(tmp_path / "v2.sqlite3")
+def test_version_3_ledger_gains_the_notify_state(tmp_path: Path) -> None:
+    path = str(tmp_path / "v3.sqlite3")
     old = sqlite3.connect(path, isolation_level=None)
-    for script in MIGRATIONS[:2]:
+    for script in MIGRATIONS[:3]:
         old.executescript(script)
-    old.execute("PRAGMA user_version = 2")
+    old.execute("PRAGMA user_version = 3")
     old.execute("INSERT INTO messages (id, queue_id, received_at, sender, size) "
                 "VALUES (1, 'OLD1', 5.0, 's@x.test', 42)")
     old.close()
@@ -71,7 +73,7 @@ def test_version_2_ledger_gains_the_notify_state(tmp_path: Path) -> None:
     assert ledger.notify_states() == {"a.test": (10.0, 30.0, None)}
     conn = ledger._connection()
     assert conn.execute("SELECT queue_id, size FROM messages").fetchall() == [("OLD1", 42)]
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     ledger.close()
 
 

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backupmx.policyd.metrics import PolicydMetrics
 from backupmx.policyd.protocol import PolicyFactory
-from tests.harness.service_setup import Setup, make_service, rcpt, rewrite
+from tests.harness.service_setup import Setup, make_service, rcpt, rewrite, settle
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
@@ -55,7 +55,7 @@ def test_decisions_latency_primary_state_map_and_connections(tmp_path: Path) -> 
 
     clock.advance(prober.max_age + 1)  # the probe result is too old: unknown
     rewrite(setup.recipients, "broken line\n")
-    service.check_maps()
+    settle(service)
     samples = scrape(metrics)
     assert samples[("backupmx_primary_up", (("domain", "example.test"),))] == 0
     assert samples[("backupmx_primary_state",

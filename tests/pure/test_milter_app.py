@@ -148,3 +148,31 @@ def test_size_declared_in_mail_from_is_recorded(ledger: FakeLedger) -> None:
     assert ctx._eom() == Milter.CONTINUE
     [record] = ledger.records
     assert (record.size, dict(record.recipients)) == (4321, {"a.test": ("alice@a.test",)})
+
+
+def test_failed_record_is_one_log_line_with_the_queue_id(ledger: FakeLedger,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    ledger.answer = "raise"
+    ctx = session("7F3A21C0")
+    with caplog.at_level("INFO", logger="backupmx.milter"):
+        ctx._feedFile(BytesIO(MESSAGE), "s@outside.test", "alice@a.test")
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [
+        "queue id 7F3A21C0: cannot record the message (RuntimeError: boom); backupmx status "
+        "and flush adopt it from Postfix's queue"]
+    assert errors[0].exc_info is None  # one line: the traceback only at debug level
+
+
+def test_session_closed_before_connect_is_logged(ledger: FakeLedger,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    # What libmilter does after XCLIENT ADDR=[UNAVAILABLE]: negotiate, then close, nothing else
+    # (seen on Postfix 3.7 with libmilter 8.17; tests/integration/test_adoption.py).
+    milter = LedgerMilter(MilterSettings(ledger, frozenset({"a.test"})))
+    with caplog.at_level("INFO", logger="backupmx.milter"):
+        assert milter.close() == Milter.CONTINUE
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("queue id unknown: a milter session ended before its connect event")
+    caplog.clear()
+    ctx = session()
+    ctx._close()
+    assert caplog.records == []  # a normal session says nothing

@@ -20,7 +20,7 @@ from backupmx.common.recipient_map import (
     split_key,
     unquote_local,
 )
-from tests.harness.service_setup import Setup, make_service, messages, rcpt, rewrite
+from tests.harness.service_setup import Setup, make_service, messages, rcpt, rewrite, settle
 
 UNKNOWN = "550 5.1.1 "
 
@@ -112,7 +112,7 @@ def test_odd_user_edit_is_applied_whole_on_reload(tmp_path: Path) -> None:
     service, _, _ = make_service(setup)
     rewrite(setup.recipients, 'alice@example.test OK\n"odd user"@example.test OK\n'
                               "carol@example.test OK\n")
-    service.check_maps()
+    settle(service)
     for recipient in ("odd user@example.test", "carol@example.test", "alice@example.test"):
         assert service.respond(rcpt(recipient)) == "DUNNO", recipient
     assert service.respond(rcpt("odd@example.test")).startswith(UNKNOWN)
@@ -124,7 +124,7 @@ def test_host_bits_on_reload_keep_the_last_good_networks(tmp_path: Path,
     service, _, _ = make_service(setup)
     before = service.maps.networks
     rewrite(setup.networks, "@partner.test 192.0.2.0/24\n* 10.1.2.77/16\n")
-    service.check_maps()
+    settle(service)
     assert service.maps.networks is before
     assert service.last_reload[0] is False
     assert any(f"{setup.networks}:line 2: non-null host address bits in '10.1.2.77/16'" in m
@@ -132,9 +132,9 @@ def test_host_bits_on_reload_keep_the_last_good_networks(tmp_path: Path,
 
 
 def test_check_shows_the_map_warnings(tmp_path: Path) -> None:
+    from backupmx.admin import setup_checks as checks
     from backupmx.common.config import parse_config
     from backupmx.common.maps import load_maps
-    from backupmx.admin import setup_checks as checks
     recipients = tmp_path / "relay_recipients"
     recipients.write_bytes('\ufeffalice@example.test OK\n"plain"@example.test OK\n'
                            .encode("utf-8"))

@@ -195,7 +195,7 @@ def check_policy_service(config: Config, postconf: Mapping[str, str]) -> List[Re
         found_in, found, pairs = ("smtpd_relay_restrictions",
                                   _find_policy(relay, wanted, queue_dir), relay)
     fix_line = (f"smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination, "
-                f"check_policy_service {{ {socket}, timeout=10s, default_action=DUNNO }}")
+                f"check_policy_service {{ {socket}, timeout=10s }}")
     if found is None:
         results.append(Result("policy service", FAIL, f"no check_policy_service {socket} in "
                               "smtpd_recipient_restrictions or smtpd_relay_restrictions",
@@ -234,7 +234,7 @@ def _policy_options(options: Mapping[str, str], postconf: Mapping[str, str], soc
     results = []
     timeout_text = options.get("timeout") or postconf.get("smtpd_policy_service_timeout",
                                                           POLICY_TIMEOUT_DEFAULT)
-    fix = f"check_policy_service {{ {socket}, timeout=10s, default_action=DUNNO }}"
+    fix = f"check_policy_service {{ {socket}, timeout=10s }}"
     try:
         timeout = parse_time(timeout_text)
     except ValueError as error:
@@ -249,9 +249,15 @@ def _policy_options(options: Mapping[str, str], postconf: Mapping[str, str], soc
     action = options.get("default_action") or postconf.get(
         "smtpd_policy_service_default_action", POLICY_DEFAULT_ACTION_DEFAULT)
     word = action.split()[0].upper() if action.split() else ""
-    if word == "DUNNO" or word.startswith("4") or word in ("DEFER", "DEFER_IF_PERMIT"):
+    if word.startswith("4") or word in ("DEFER", "DEFER_IF_PERMIT"):
         results.append(Result("policy default_action", OK,
                               f"with policyd down Postfix answers {action!r} (mail not lost)"))
+    elif word == "DUNNO":
+        # Unchecked recipients while policyd is down: the primary later bounces the unknown
+        # ones to forged senders (backscatter). Postfix's default 451 makes senders retry.
+        results.append(Result("policy default_action", FAIL, "with policyd down every recipient "
+                              "is accepted unchecked (default_action=DUNNO): unknown ones bounce "
+                              "later to forged senders (backscatter)", fix))
     else:
         results.append(Result("policy default_action", FAIL, f"with policyd down Postfix answers "
                               f"{action!r}: mail would be refused for good or let through "

@@ -40,7 +40,7 @@ PASSWORD = "reader-secret"  # the PostgreSQL reader's, and Slapd.reader_password
 
 CHILD = r"""
 import json, sys, time
-from backupmx.sources.settings import LdapSettings, PgsqlSettings
+from backupmx.common.source_settings import LdapSettings, PgsqlSettings
 
 def rss_kib(field):
     with open("/proc/self/status") as status:

@@ -7,12 +7,19 @@ defaults below.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from backupmx.common.listen import ListenAddress, optional_listen, parse_host_port, parse_listen
+from backupmx.common.source_settings import (
+    FileSettings,
+    SourceSettings,
+    SourceSettingsError,
+    parse_source,
+)
 from backupmx.common.values import (
     absolute_path,
     boolean,
@@ -70,6 +77,7 @@ class PolicydConfig:
     max_attributes: int
     metrics: Optional[ListenAddress]
     user: Optional[str]
+    state_directory: str = "/var/lib/backupmx"  # recipient snapshots live in its recipients/
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ class MilterConfig:
 @dataclass(frozen=True)
 class PostfixConfig:
     config_directory: Optional[str]  # None: $MAIL_CONFIG, else Postfix's default
+    recipient_table: Optional[str] = None  # merged recipients as a hash: table; None: off
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,14 @@ class Config:
     postfix: PostfixConfig
     domains: Mapping[str, PrimarySpec] = field(default_factory=dict)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+
+    #: every recipient source: the [policyd] recipients files first (type file, named by their
+    #: path, speaking for every domain), then the [recipients NAME] sections in file order
+    sources: Tuple[SourceSettings, ...] = ()
+
+    def source(self, name: str) -> Optional[SourceSettings]:
+        """The source called ``name``, or None."""
+        return next((s for s in self.sources if s.name == name), None)
 
 
 # ---- value parsers: text -> value, ValueError with a short reason -----------------------------
@@ -171,6 +188,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
         "max_attributes": (positive_int, "200"),
         "metrics": (optional_listen, ""),
         "user": (_user_name, ""),
+        "state_directory": (absolute_path, "/var/lib/backupmx"),
     },
     "milter": {
         "listen": (parse_listen, "inet:127.0.0.1:8890"),
@@ -181,6 +199,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
     },
     "postfix": {
         "config_directory": (_optional_path, ""),
+        "recipient_table": (_optional_path, ""),
     },
     # off unless mail_to or command is set; evaluated by every `backupmx flush --auto` run
     "notify": {
@@ -191,6 +210,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
         "bounce_warning": (postfix_duration, "24h"),
     },
 }
+#: a section "[recipients NAME]" (any NAME) is one recipient source: backupmx.common.source_settings
+SOURCE_SECTION = "recipients "
 
 
 @dataclass(frozen=True)
@@ -199,8 +220,13 @@ class _Entry:
     line: int
 
 
-def _read_ini(text: str, path: str) -> Dict[str, Dict[str, _Entry]]:
-    """Sections of ``key = value`` lines; ``#``/``;`` comments, also after a value."""
+def _read_ini(text: str, path: str,
+              headers: Optional[Dict[str, int]] = None) -> Dict[str, Dict[str, _Entry]]:
+    """Sections of ``key = value`` lines; ``#``/``;`` comments, also after a value.
+
+    ``headers`` (when given) receives each section's header line number."""
+    if headers is None:
+        headers = {}
     sections: Dict[str, Dict[str, _Entry]] = {}
     current: Optional[Dict[str, _Entry]] = None
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -210,13 +236,18 @@ def _read_ini(text: str, path: str) -> Dict[str, Dict[str, _Entry]]:
         if line.startswith("["):
             if not line.endswith("]"):
                 raise ConfigError(f"{path}:{number}: malformed section header {raw.strip()!r}")
-            name = line[1:-1].strip().lower()
-            if name not in SCHEMA and name != "domains":
-                known = ", ".join([*SCHEMA, "domains"])
+            name = line[1:-1].strip()
+            if name.lower().startswith(SOURCE_SECTION):
+                name = SOURCE_SECTION + name[len(SOURCE_SECTION):].strip()
+            else:
+                name = name.lower()
+            if name not in SCHEMA and name != "domains" and not name.startswith(SOURCE_SECTION):
+                known = ", ".join([*SCHEMA, "domains", "recipients NAME"])
                 raise ConfigError(f"{path}:{number}: [{name}]: unknown section (known: {known})")
             if name in sections:
                 raise ConfigError(f"{path}:{number}: section [{name}] appears twice")
             current = sections[name] = {}
+            headers[name] = number
             continue
         key, sep, value = line.partition("=")
         key = key.strip().lower()
@@ -266,21 +297,61 @@ def _domains(path: str, entries: Mapping[str, _Entry]) -> Dict[str, PrimarySpec]
 
 def parse_config(text: str, path: str = "<string>") -> Config:
     """Validate a whole configuration text; raise ConfigError naming file, line and key."""
-    sections = _read_ini(text, path)
+    headers: Dict[str, int] = {}
+    sections = _read_ini(text, path, headers)
     policyd = _section_values(path, "policyd", sections.get("policyd", {}))
     milter = _section_values(path, "milter", sections.get("milter", {}))
     postfix = _section_values(path, "postfix", sections.get("postfix", {}))
     notify = _section_values(path, "notify", sections.get("notify", {}))
     if milter["journal"] is None:
         milter["journal"] = f"{milter['ledger']}.journal"
+    domains = _domains(path, sections.get("domains", {}))
+    recipient_files: Tuple[str, ...] = policyd["recipients"]  # type: ignore[assignment]
     return Config(
         path=path,
         policyd=PolicydConfig(**policyd),  # type: ignore[arg-type]  # values typed by SCHEMA parsers
         milter=MilterConfig(**milter),  # type: ignore[arg-type]  # (ditto)
         postfix=PostfixConfig(**postfix),  # type: ignore[arg-type]  # (ditto)
-        domains=_domains(path, sections.get("domains", {})),
+        domains=domains,
         notify=NotifyConfig(**notify),  # type: ignore[arg-type]  # (ditto)
+        sources=_sources(path, recipient_files, sections, headers, domains),
     )
+
+
+def _sources(path: str, recipient_files: Tuple[str, ...],
+             sections: Mapping[str, Mapping[str, _Entry]], headers: Mapping[str, int],
+             domains: Mapping[str, PrimarySpec]) -> Tuple[SourceSettings, ...]:
+    """The recipient sources: ``[policyd] recipients`` files, then ``[recipients NAME]``.
+
+    A source's ``domains`` must be domains of ``[domains]``; empty means all of them (filled in
+    here for pulled sources; a file source keeps it empty: it speaks for what its file lists).
+    Raises ConfigError naming file, line and key."""
+    sources: List[SourceSettings] = [
+        SourceSettings(name=file, type="file", driver=FileSettings(file))
+        for file in recipient_files]
+    names = set(recipient_files)
+    for title, entries in sections.items():
+        if not title.startswith(SOURCE_SECTION):
+            continue
+        name = title[len(SOURCE_SECTION):]
+        try:
+            source = parse_source(name, entries, headers.get(title))
+        except SourceSettingsError as error:
+            raise ConfigError(f"{path}:{error.line if error.line is not None else '?'}: "
+                              f"[{error.section}] {error.key}: {error.reason}") from None
+        if name in names:
+            raise ConfigError(f"{path}:{headers.get(title)}: [{title}]: a source of this "
+                              "name exists already")
+        names.add(name)
+        foreign = [d for d in source.domains if d not in domains]
+        if foreign:
+            line = entries["domains"].line
+            raise ConfigError(f"{path}:{line}: [{title}] domains: {', '.join(foreign)} not in "
+                              "[domains]")
+        if not source.domains and source.type != "file":
+            source = dataclasses.replace(source, domains=tuple(domains))
+        sources.append(source)
+    return tuple(sources)
 
 
 def load_config(path: str = DEFAULT_CONFIG_PATH) -> Config:

@@ -5,7 +5,7 @@ Each driver module (``ldap``, ``pgsql``, ``mysql``, ``sqlite``, ``command``) has
 ``fetch(settings, timeout) -> list[str]``: blocking, bounded by ``timeout`` seconds, returning
 the raw address strings the source holds (``user@domain`` or ``@domain``; the caller validates
 and groups them) or raising a ``backupmx.sources.errors.SourceError``. The settings come from
-``backupmx.sources.settings.parse_source``. Types ``file`` and ``push`` have settings here but
+``backupmx.common.source_settings.parse_source``. Types ``file`` and ``push`` have settings here but
 no fetch driver: the map file is read by the caller, a push source is filled by import.
 
 This package imports neither Twisted nor the daemons: it runs in a sync process or thread.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import List
 
-from backupmx.sources.settings import SourceSettings
+from backupmx.common.source_settings import SourceSettings
 
 FETCH_TYPES = ("ldap", "pgsql", "mysql", "sqlite", "command")
 

@@ -13,9 +13,9 @@ import signal
 import subprocess
 from typing import List, Optional
 
+from backupmx.common.source_settings import CommandSettings
 from backupmx.sources.deadline import Deadline
 from backupmx.sources.errors import SourceCommandFailed, SourceOutputError
-from backupmx.sources.settings import CommandSettings
 
 REAP_TIMEOUT = 5.0  # seconds to collect a killed group's last output before giving up on it
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, List
 
+from backupmx.common.source_settings import LdapSettings
 from backupmx.sources.deadline import Deadline
 from backupmx.sources.errors import (
     DriverMissing,
@@ -20,7 +21,6 @@ from backupmx.sources.errors import (
     SourceUnreachable,
 )
 from backupmx.sources.passwords import read_password_file
-from backupmx.sources.settings import LdapSettings
 
 
 def driver() -> Any:

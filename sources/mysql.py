@@ -12,6 +12,7 @@ import socket
 import threading
 from typing import Any, List, Optional
 
+from backupmx.common.source_settings import MysqlSettings
 from backupmx.sources.deadline import Deadline
 from backupmx.sources.errors import (
     DriverMissing,
@@ -22,7 +23,6 @@ from backupmx.sources.errors import (
     SourceUnreachable,
 )
 from backupmx.sources.passwords import read_password_file
-from backupmx.sources.settings import MysqlSettings
 
 BATCH = 10_000
 _AUTH_CODES = {1044, 1045, 1698, 1251}  # access denied (db, user, plugin), auth method

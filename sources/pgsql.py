@@ -16,6 +16,7 @@ import math
 import re
 from typing import Any, Dict, List
 
+from backupmx.common.source_settings import PgsqlSettings
 from backupmx.sources.deadline import Deadline
 from backupmx.sources.errors import (
     DriverMissing,
@@ -26,7 +27,6 @@ from backupmx.sources.errors import (
     SourceUnreachable,
 )
 from backupmx.sources.passwords import read_password_file
-from backupmx.sources.settings import PgsqlSettings
 
 BATCH = 10_000
 _AUTH_FAILURES = re.compile(

@@ -10,9 +10,9 @@ import time
 import urllib.parse
 from typing import List
 
+from backupmx.common.source_settings import SqliteSettings
 from backupmx.sources.deadline import Deadline
 from backupmx.sources.errors import SourceQueryError, SourceTimeout, SourceUnreachable
-from backupmx.sources.settings import SqliteSettings
 
 PROGRESS_STEPS = 10_000  # SQLite virtual machine steps between deadline checks
 

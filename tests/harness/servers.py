@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -386,3 +387,11 @@ def write_password(folder: Path, password: str) -> str:
     path.write_text(password + "\n")
     path.chmod(0o600)
     return str(path)
+
+
+def outside_pytest_root(name: str) -> Path:
+    """A fresh folder under /tmp for servers run as another user (postgres). Not under pytest's
+    /tmp/pytest-of-root: every pytest session that starts (another run on the same machine)
+    takes the group and other bits off that folder, and the other user could no longer reach
+    its files. The caller removes it."""
+    return Path(tempfile.mkdtemp(prefix=f"backupmx-test-{name}-"))

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED: Dict[str, Set[str]] = {
     "common": {"common"},
     "sources": {"common", "sources"},
-    "policyd": {"common", "sources", "policyd"},
+    "policyd": {"common", "sources", "policyd"},  # sources: only to check drivers at start
     "milter": {"common", "milter"},
     "admin": {"common", "sources", "milter", "admin"},
 }

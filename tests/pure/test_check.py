@@ -120,7 +120,9 @@ def test_unix_socket_relative_to_queue_directory() -> None:
 
 
 @pytest.mark.parametrize("options, globals_, timeout, action", [
-    ("timeout=10s, default_action=DUNNO", {}, OK, OK),
+    ("timeout=10s", {}, OK, OK),
+    ("timeout=10s, default_action=DUNNO", {}, OK, FAIL),  # unchecked: backscatter
+    ("timeout=10s", {"smtpd_policy_service_default_action": "DUNNO"}, OK, FAIL),
     ("", {}, WARN, OK),  # Postfix defaults: 100s, 451 4.3.5
     ("", {"smtpd_policy_service_timeout": "20s"}, OK, OK),
     ("timeout=10s, default_action=REJECT", {}, OK, FAIL),

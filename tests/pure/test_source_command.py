@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from backupmx.common.source_settings import CommandSettings
 from backupmx.sources import command
 from backupmx.sources.errors import SourceCommandFailed, SourceOutputError, SourceTimeout
-from backupmx.sources.settings import CommandSettings
 
 
 def script(tmp_path: Path, body: str) -> CommandSettings:

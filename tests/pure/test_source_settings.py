@@ -6,10 +6,7 @@ import sys
 import pytest
 
 import backupmx.sources as sources
-from backupmx.sources import ldap as ldap_source
-from backupmx.sources.errors import DriverMissing, PasswordFileError
-from backupmx.sources.passwords import password_file_warning, read_password_file
-from backupmx.sources.settings import (
+from backupmx.common.source_settings import (
     CommandSettings,
     FileSettings,
     LdapSettings,
@@ -20,6 +17,9 @@ from backupmx.sources.settings import (
     SqliteSettings,
     parse_source,
 )
+from backupmx.sources import ldap as ldap_source
+from backupmx.sources.errors import DriverMissing, PasswordFileError
+from backupmx.sources.passwords import password_file_warning, read_password_file
 
 
 def section(**values: str) -> dict:

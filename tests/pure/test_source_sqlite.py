@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from backupmx.common.source_settings import SqliteSettings
 from backupmx.sources import sqlite
 from backupmx.sources.errors import SourceQueryError, SourceTimeout, SourceUnreachable
-from backupmx.sources.settings import SqliteSettings
 
 
 @pytest.fixture

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 from typing import Iterator
 
 import pytest
 
-from tests.harness.servers import HangingServer, MariaDB, Postgres, Slapd
+from tests.harness.servers import HangingServer, MariaDB, Postgres, Slapd, outside_pytest_root
 
 
 def _require_root() -> None:
@@ -45,14 +44,6 @@ def postgres() -> Iterator[Postgres]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def outside_pytest_root(name: str) -> Path:
-    """A fresh folder under /tmp for servers run as another user (postgres). Not under pytest's
-    /tmp/pytest-of-root: every pytest session that starts (another run on the same machine)
-    takes the group and other bits off that folder, and the other user could no longer reach
-    its files. The caller removes it."""
-    return Path(tempfile.mkdtemp(prefix=f"backupmx-test-{name}-"))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from backupmx.common.source_settings import LdapSettings
 from backupmx.sources import ldap as ldap_source
 from backupmx.sources.errors import (
     SourceAuthError,
@@ -14,7 +15,6 @@ from backupmx.sources.errors import (
     SourceTimeout,
     SourceUnreachable,
 )
-from backupmx.sources.settings import LdapSettings
 from tests.harness.postfix import free_port
 from tests.harness.servers import Slapd, person_ldif, write_password
 

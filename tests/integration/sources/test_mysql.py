@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from backupmx.common.source_settings import MysqlSettings
 from backupmx.sources import mysql
 from backupmx.sources.errors import (
     SourceAuthError,
@@ -14,7 +15,6 @@ from backupmx.sources.errors import (
     SourceTimeout,
     SourceUnreachable,
 )
-from backupmx.sources.settings import MysqlSettings
 from tests.harness.postfix import free_port
 from tests.harness.servers import MariaDB, write_password
 

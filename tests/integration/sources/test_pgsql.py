@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from backupmx.common.source_settings import PgsqlSettings
 from backupmx.sources import pgsql
 from backupmx.sources.errors import (
     SourceAuthError,
@@ -13,7 +14,6 @@ from backupmx.sources.errors import (
     SourceTimeout,
     SourceUnreachable,
 )
-from backupmx.sources.settings import PgsqlSettings
 from tests.harness.servers import Postgres, write_password
 
 

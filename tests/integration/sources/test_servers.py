@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.sources.conftest import outside_pytest_root
+from tests.harness.servers import outside_pytest_root
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,7 +18,7 @@ CHILD = """
 import json, sys
 from pathlib import Path
 
-from tests.sources.conftest import outside_pytest_root
+from tests.harness.servers import outside_pytest_root
 sys.path.insert(0, sys.argv[2])
 from tests.harness.servers import MariaDB, Postgres, Slapd
 root = Path(sys.argv[1])

@@ -2,13 +2,15 @@
 
 No I/O and no Twisted here, so every branch is unit tested with plain data. The order follows the
 backup-MX logic: a domain not ours is none of our business (DUNNO); a recipient absent from a
-loaded map that covers its domain is definitely unknown (5xx); a sender network on the allowlist
+loaded map that covers its domain is definitely unknown (5xx) while the domain's recipients are
+fresh, and not verified (4xx) once they are stale (no source synced them within its
+stale_after: the user may be new); a sender network on the allowlist
 skips the primary check; a primary known to be up gets the client sent there (4xx by default);
 anything else is accepted, because a backup MX exists for the day the checks cannot be made.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import FrozenSet, Mapping, NamedTuple, Optional, Protocol
 
 from backupmx.common.addresses import split_address
@@ -19,6 +21,7 @@ from backupmx.common.smtp_probe import DOWN, UNKNOWN, PrimaryState
 
 DUNNO = "DUNNO"
 UNKNOWN_USER = "550 5.1.1 User unknown in relay recipient table"
+NOT_VERIFIED = "450 4.1.1 Recipient not verified; try later"
 ROUTING_REFUSED = "550 5.7.1 Source routing and % or ! addressing are not relayed"
 
 
@@ -37,6 +40,10 @@ class Policy:
     networks: Optional[SenderNetworks]
     primary_up_action: str = "defer"  # defer | reject | ignore
     scope: Optional[RelayScope] = None  # subdomains Postfix relays for a configured domain
+    #: configured domain -> Unix time until which its recipients are fresh
+    #: (common.recipient_sources.freshness); a domain absent here has no source and never
+    #: goes stale. A recipient not found in a stale domain gets NOT_VERIFIED, not 5xx.
+    fresh_until: Mapping[str, float] = field(default_factory=dict)
 
 
 class Decision(NamedTuple):
@@ -58,7 +65,8 @@ class Decision(NamedTuple):
 
 
 OUTCOMES = (
-    "other_state", "not_ours", "unknown_user", "routing", "unmapped_domain", "allowlisted",
+    "other_state", "not_ours", "unknown_user", "not_verified", "routing", "unmapped_domain",
+    "allowlisted",
     "primary_up_defer", "primary_up_reject", "primary_up_ignored", "primary_down",
     "primary_unknown",
 )
@@ -101,9 +109,15 @@ def decide(
     if _has_routing(local):
         return Decision(ROUTING_REFUSED, "routing", owner, "routing characters in local part")
     recipients = policy.recipients
-    if recipients is None or not (recipients.covers(owner) or recipients.covers(domain)):
-        return Decision(DUNNO, "unmapped_domain", owner, "no recipient map covers the domain")
-    if not recipients.accepts(local, domain):
+    covered = recipients is not None and (recipients.covers(owner) or recipients.covers(domain))
+    if not covered or not recipients.accepts(local, domain):  # type: ignore[union-attr]
+        deadline = policy.fresh_until.get(owner)
+        if deadline is not None and deadline <= now:
+            return Decision(NOT_VERIFIED, "not_verified", owner,
+                            "not in the recipient map, whose sources are stale")
+        if not covered:
+            return Decision(DUNNO, "unmapped_domain", owner,
+                            "no recipient map covers the domain")
         return Decision(UNKNOWN_USER, "unknown_user", owner, "not in the recipient map")
     networks = policy.networks
     if networks is not None and networks.allows(

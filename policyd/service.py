@@ -34,6 +34,16 @@ from backupmx.policyd.decision_log import DecisionLog
 from backupmx.policyd.primary_monitor import PrimaryMonitor
 
 DecisionObserver = Callable[[Request, Decision], None]
+ConfigListener = Callable[[Config], None]
+
+#: [policyd] settings a running policyd cannot change: a reload names them when they changed
+RESTART_SETTINGS = ("listen", "metrics", "user")
+
+
+def settings_needing_restart(old: Config, new: Config) -> List[str]:
+    """The ``[policyd]`` settings in RESTART_SETTINGS whose value differs between two configs."""
+    return [name for name in RESTART_SETTINGS
+            if getattr(old.policyd, name) != getattr(new.policyd, name)]
 
 
 def build_policy(config: Config, maps: LoadedMaps) -> Policy:
@@ -117,6 +127,9 @@ class PolicyService:
         self.primaries = primaries
         self.run_in_thread = run_in_thread
         self.observers: List[DecisionObserver] = []
+        #: called with the new configuration after each applied SIGHUP reload (the protocol
+        #: factory takes its connection limits from it)
+        self.reconfigured: List[ConfigListener] = []
         self._reloading: Optional[Deferred] = None
         self._reload_again = False
         self._map_check: Optional[LoopingCall] = None
@@ -183,6 +196,9 @@ class PolicyService:
 
     def start(self) -> None:
         self.primaries.start()
+        self._start_map_check()
+
+    def _start_map_check(self) -> None:
         self._map_check = LoopingCall(self.check_maps)
         self._map_check.clock = self.reactor
         self._map_check.start(self.config.policyd.map_check_interval, now=False)
@@ -212,9 +228,13 @@ class PolicyService:
 
     def _apply_reload(self, loaded: Tuple[Config, LoadedMaps]) -> None:
         config, maps = loaded
-        if config.policyd.listen != self.config.policyd.listen:
-            self.log.warn("listen address changed to {new}: restart policyd to use it",
-                          new=str(config.policyd.listen))
+        old = self.config
+        restart = settings_needing_restart(old, config)
+        if restart:
+            self.log.warn("reload: {names} changed; restart policyd to use the new "
+                          "{values} (running with the old until then)",
+                          names=", ".join(f"[policyd] {name}" for name in restart),
+                          values="value" if len(restart) == 1 else "values")
         lost = lost_domains(self.maps.recipients, maps.recipients, config.domains)
         if lost:
             self.log.warn("reload: no recipient map lists {lost} any more: every recipient of "
@@ -232,6 +252,12 @@ class PolicyService:
         self._install(config, maps)
         self._failed_signature = self._pending_signature = None
         self.held_back = ()
+        if (config.policyd.map_check_interval != old.policyd.map_check_interval
+                and self._map_check is not None and self._map_check.running):
+            self._map_check.stop()
+            self._start_map_check()
+        for listener in self.reconfigured:
+            listener(config)
         self.last_reload = (True, self.reactor.seconds())
         self.log.info("reloaded {path}: {domains} domains, {count} recipient keys",
                       path=config.path, domains=len(config.domains), count=len(maps.recipients))

@@ -80,30 +80,41 @@ def _under(domain: str, configured: Iterable[str]) -> bool:
 
 @dataclass(frozen=True)
 class Shrink:
-    """One domain whose keys a new map would cut by more than ``[policyd] max_shrink``."""
+    """One domain whose keys a new map would cut by more than ``[policyd] max_shrink``.
+
+    ``before`` is None when the old map had an ``@domain`` catch-all (every address valid).
+    """
 
     domain: str
-    before: int
+    before: Optional[int]
     after: int
 
     def __str__(self) -> str:
-        return f"{self.domain} {self.before} -> {self.after} keys"
+        before = f"@{self.domain} (every address)" if self.before is None else str(self.before)
+        return f"{self.domain} {before} -> {self.after} keys"
 
 
 def shrunk_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str],
                    max_shrink: float) -> List[Shrink]:
-    """Domains (configured ones and their subdomains) whose key count would drop by more than
-    ``max_shrink`` (a fraction, 0 to 1; 1 never refuses). A map file being rewritten in place
-    (truncated, then written again) looks like this while it is read half-way."""
+    """Domains (configured ones and their subdomains) whose valid addresses would drop by more
+    than ``max_shrink`` (a fraction, 0 to 1; 1 never refuses). A map file being rewritten in
+    place (truncated, then written again) looks like this while it is read half-way.
+
+    Addresses are counted as keys; a new ``@domain`` catch-all never shrinks anything, and the
+    loss of an old one counts as losing every address (it accepted them all).
+    """
     if max_shrink >= 1:
         return []
     configured = tuple(domains)
     found = []
     for domain in sorted(old.domains()):
-        before = old.count(domain)
-        if not before or not _under(domain, configured):
+        if not _under(domain, configured) or domain in new.catch_all:
             continue
         after = new.count(domain)
+        if domain in old.catch_all:
+            found.append(Shrink(domain, None, after))
+            continue
+        before = old.count(domain)
         if before - after > max_shrink * before:
             found.append(Shrink(domain, before, after))
     return found

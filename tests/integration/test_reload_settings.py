@@ -77,8 +77,6 @@ def test_domain_added_by_editing_the_file_is_judged_and_recorded(lab: BackupMxLa
     with socket.create_connection(("127.0.0.1", lab.policy_port), timeout=10) as long_line:
         long_line.sendall(b"recipient=" + b"x" * 200 + b"\n")
         assert closed_by_server(long_line)  # longer than max_line_length 100: no reply
-    # ... and the log names the one that needs a restart (and nothing listens there)
+    # ... and the log names the one that needs a restart
     log = lab.policyd.log()
     assert "reload: [policyd] metrics changed; restart policyd to use the new value" in log
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", metrics_port), timeout=2).close()

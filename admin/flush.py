@@ -75,11 +75,26 @@ def lock_path(ledger_path: str) -> str:
     return f"{ledger_path}.flush.lock"
 
 
+def give_to_folder_owner(fd: int, folder: str) -> None:
+    """As root, chown the open file to the owner and group of ``folder`` if they differ."""
+    if os.geteuid() != 0:
+        return
+    owner, current = os.stat(folder), os.fstat(fd)
+    if (current.st_uid, current.st_gid) != (owner.st_uid, owner.st_gid):
+        os.fchown(fd, owner.st_uid, owner.st_gid)
+
+
 @contextmanager
 def flush_lock(path: str, wait: Optional[float], ctx: CommandContext) -> Iterator[bool]:
-    """Hold an flock on path; yields False when wait is None (don't wait) and it is taken."""
+    """Hold an flock on path; yields False when wait is None (don't wait) and it is taken.
+
+    The lock file belongs to the owner of its folder (the daemons' user) even when root runs
+    ``backupmx flush``, as SQLite does with the ledger's -wal and -shm files: else every later
+    run of the flush timer, as that user, would fail with "Permission denied".
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
+        give_to_folder_owner(fd, os.path.dirname(os.path.abspath(path)))
         deadline = None if wait is None else ctx.clock() + wait
         while True:
             try:

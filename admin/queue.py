@@ -141,12 +141,6 @@ class Reconciliation:
     still_held: Dict[str, int]
     adopted: Tuple[Tuple[str, str], ...] = ()  # (queue id, domain) adopted from the queue
 
-    def gone_by_domain(self) -> Dict[str, int]:
-        counts: Dict[str, int] = {}
-        for _, domain in self.gone:
-            counts[domain] = counts.get(domain, 0) + 1
-        return counts
-
 
 def compare(rows: Sequence[HeldRow], snapshot: QueueSnapshot, now: float,
             grace: float = UNSEEN_GRACE_SECONDS) -> Reconciliation:

@@ -24,6 +24,7 @@ from backupmx.common.postfix_values import (
     parse_time,
     split_list,
 )
+from backupmx.common.relay_scope import unconfigured_relay_names
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 WEEK = 7 * 86400
@@ -140,6 +141,17 @@ def check_domain_lists(domains: Sequence[str], postconf: Mapping[str, str],
                 results.append(Result(name, FAIL, f"{domain} is in {name}: Postfix would deliver "
                                       "it here instead of relaying it to the primary",
                                       f"remove {domain} from {name}"))
+    missing, tables = unconfigured_relay_names(postconf.get("relay_domains", ""), domains)
+    for name in missing:
+        results.append(Result("relay_domains", FAIL, f"relay_domains lists {name}, which "
+                              "[domains] does not: Postfix relays its mail but backupmx checks "
+                              "none of its recipients (backscatter)",
+                              f"add {name.lstrip('.')} to [domains] in backupmx.conf, or "
+                              "remove it from relay_domains"))
+    for table in tables:
+        results.append(Result("relay_domains", WARN, f"relay_domains uses the table {table}: "
+                              "backupmx cannot tell whether it lists domains [domains] does not",
+                              "make sure every relay domain in it is in [domains]"))
     return results
 
 
@@ -183,7 +195,7 @@ def check_policy_service(config: Config, postconf: Mapping[str, str]) -> List[Re
         found_in, found, pairs = ("smtpd_relay_restrictions",
                                   _find_policy(relay, wanted, queue_dir), relay)
     fix_line = (f"smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination, "
-                f"check_policy_service {{ {socket}, timeout=10s, default_action=DUNNO }}")
+                f"check_policy_service {{ {socket}, timeout=10s }}")
     if found is None:
         results.append(Result("policy service", FAIL, f"no check_policy_service {socket} in "
                               "smtpd_recipient_restrictions or smtpd_relay_restrictions",
@@ -222,7 +234,7 @@ def _policy_options(options: Mapping[str, str], postconf: Mapping[str, str], soc
     results = []
     timeout_text = options.get("timeout") or postconf.get("smtpd_policy_service_timeout",
                                                           POLICY_TIMEOUT_DEFAULT)
-    fix = f"check_policy_service {{ {socket}, timeout=10s, default_action=DUNNO }}"
+    fix = f"check_policy_service {{ {socket}, timeout=10s }}"
     try:
         timeout = parse_time(timeout_text)
     except ValueError as error:
@@ -237,9 +249,15 @@ def _policy_options(options: Mapping[str, str], postconf: Mapping[str, str], soc
     action = options.get("default_action") or postconf.get(
         "smtpd_policy_service_default_action", POLICY_DEFAULT_ACTION_DEFAULT)
     word = action.split()[0].upper() if action.split() else ""
-    if word == "DUNNO" or word.startswith("4") or word in ("DEFER", "DEFER_IF_PERMIT"):
+    if word.startswith("4") or word in ("DEFER", "DEFER_IF_PERMIT"):
         results.append(Result("policy default_action", OK,
                               f"with policyd down Postfix answers {action!r} (mail not lost)"))
+    elif word == "DUNNO":
+        # Unchecked recipients while policyd is down: the primary later bounces the unknown
+        # ones to forged senders (backscatter). Postfix's default 451 makes senders retry.
+        results.append(Result("policy default_action", FAIL, "with policyd down every recipient "
+                              "is accepted unchecked (default_action=DUNNO): unknown ones bounce "
+                              "later to forged senders (backscatter)", fix))
     else:
         results.append(Result("policy default_action", FAIL, f"with policyd down Postfix answers "
                               f"{action!r}: mail would be refused for good or let through "
@@ -328,6 +346,10 @@ def check_dns(domain: str, spec: PrimarySpec, dns: DomainDns, hostname: str) -> 
         return [Result(name, FAIL, f"no MX records for {domain}"
                        + (f" ({dns.error})" if dns.error else ""),
                        f"publish {domain}. MX 10 PRIMARY. and {domain}. MX 20 {me}.")]
+    if any(not _norm(host) for _, host in dns.mx):
+        return [Result(name, FAIL, f"{domain} publishes a null MX (RFC 7505): it accepts no "
+                       "mail, so senders never come to a backup MX for it either",
+                       f"replace the null MX of {domain} by its primary and {me}")]
     mine = [pref for pref, host in dns.mx if _norm(host) == me]
     others = sorted((pref, _norm(host)) for pref, host in dns.mx if _norm(host) != me)
     listed = ", ".join(f"{pref} {host}" for pref, host in sorted(dns.mx))
@@ -351,8 +373,11 @@ def check_dns(domain: str, spec: PrimarySpec, dns: DomainDns, hostname: str) -> 
     published = {ip for host in primaries for ip in addresses.get(host, ())}
     probed = probed_addresses(spec, dns)
     if spec.host is None:
-        results.append(Result(f"primary {domain}", OK, f"policyd probes the lowest MX, "
-                              f"{', '.join(primaries)}"))
+        results.append(Result(f"primary {domain}", OK, f"policyd probes every MX of the lowest "
+                              f"preference, {', '.join(primaries)}"))
+        results.extend(Result(f"primary {domain}", WARN, f"the primary MX {host} has no address "
+                              "in DNS: senders skip it", f"publish an A or AAAA record for {host}")
+                       for host in primaries if dns.addresses and not addresses.get(host))
     elif probed & published:
         results.append(Result(f"primary {domain}", OK, f"policyd probes {spec}, an address of "
                               f"the primary MX {', '.join(primaries)}"))

@@ -7,13 +7,28 @@ defaults below.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
-from backupmx.common.addresses import normalize_domain
 from backupmx.common.listen import ListenAddress, optional_listen, parse_host_port, parse_listen
+from backupmx.common.source_settings import (
+    FileSettings,
+    SourceSettings,
+    SourceSettingsError,
+    parse_source,
+)
+from backupmx.common.values import (
+    absolute_path,
+    boolean,
+    choice,
+    domain_name,
+    positive_int,
+    positive_seconds,
+    share,
+)
 
 DEFAULT_CONFIG_PATH = "/etc/backupmx/backupmx.conf"
 PRIMARY_UP_ACTIONS = ("defer", "reject", "ignore")
@@ -58,6 +73,7 @@ class PolicydConfig:
     max_attributes: int
     metrics: Optional[ListenAddress]
     user: Optional[str]
+    state_directory: str = "/var/lib/backupmx"  # recipient snapshots live in its recipients/
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ class MilterConfig:
 @dataclass(frozen=True)
 class PostfixConfig:
     config_directory: Optional[str]  # None: $MAIL_CONFIG, else Postfix's default
+    recipient_table: Optional[str] = None  # merged recipients as a hash: table; None: off
 
 
 @dataclass(frozen=True)
@@ -81,74 +98,26 @@ class Config:
     milter: MilterConfig
     postfix: PostfixConfig
     domains: Mapping[str, PrimarySpec] = field(default_factory=dict)
+    #: every recipient source: the [policyd] recipients files first (type file, named by their
+    #: path, speaking for every domain), then the [recipients NAME] sections in file order
+    sources: Tuple[SourceSettings, ...] = ()
+
+    def source(self, name: str) -> Optional[SourceSettings]:
+        """The source called ``name``, or None."""
+        return next((s for s in self.sources if s.name == name), None)
 
 
 # ---- value parsers: text -> value, ValueError with a short reason -----------------------------
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError(f"{text!r} must be a positive number of seconds")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise ValueError(f"{text!r} must be a positive whole number")
-    return int(text)
-
-
-def _boolean(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("yes", "true", "on", "1"):
-        return True
-    if lowered in ("no", "false", "off", "0"):
-        return False
-    raise ValueError(f"{text!r} is not yes or no")
-
-
-def _share(text: str) -> float:
-    """``20%`` (or ``20``) -> 0.2; from 0% to 100%."""
-    number = text[:-1].strip() if text.endswith("%") else text
-    try:
-        value = float(number)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a percentage like 20%") from None
-    if not 0 <= value <= 100:
-        raise ValueError(f"{text!r} must be between 0% and 100%")
-    return value / 100
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text.lower() not in choices:
-            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
-        return text.lower()
-    return parse
-
-
 def _path_list(text: str) -> Tuple[str, ...]:
     paths = tuple(p.strip() for p in text.split(",") if p.strip())
     for path in paths:
-        _absolute_path(path)
+        absolute_path(path)
     return paths
 
 
-def _absolute_path(text: str) -> str:
-    if not text.startswith("/"):
-        raise ValueError(f"{text!r} must be an absolute path")
-    return text
-
-
 def _optional_path(text: str) -> Optional[str]:
-    return _absolute_path(text) if text else None
-
-
-def _optional_text(text: str) -> Optional[str]:
-    return text or None
+    return absolute_path(text) if text else None
 
 
 def _delimiter(text: str) -> Optional[str]:
@@ -170,43 +139,45 @@ def _primary(text: str) -> PrimarySpec:
     return PrimarySpec(host=host, port=port)
 
 
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9-]{1,63}$")
-
 # section -> key -> (parser, embedded default as it would be written in the file)
 SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
     "policyd": {
         "listen": (parse_listen, "inet:127.0.0.1:10040"),
         "recipients": (_path_list, "/etc/backupmx/relay_recipients"),
         "sender_networks": (_optional_path, ""),
-        "primary_up_action": (_choice(*PRIMARY_UP_ACTIONS), "defer"),
-        "probe_interval": (_positive_seconds, "30"),
-        "probe_timeout": (_positive_seconds, "5"),
+        "primary_up_action": (choice(*PRIMARY_UP_ACTIONS), "defer"),
+        "probe_interval": (positive_seconds, "30"),
+        "probe_timeout": (positive_seconds, "5"),
         # hysteresis: consecutive probes that must agree before the reported state changes
-        "primary_up_after": (_positive_int, "2"),
-        "primary_down_after": (_positive_int, "1"),
+        "primary_up_after": (positive_int, "2"),
+        "primary_down_after": (positive_int, "1"),
         "recipient_delimiter": (_delimiter, ""),
-        "log_accepts": (_boolean, "no"),
-        "map_check_interval": (_positive_seconds, "5"),
+        "log_accepts": (boolean, "no"),
+        "map_check_interval": (positive_seconds, "5"),
         # an automatic map reload that drops more than this share of a domain's addresses is
         # held back (the file is probably being written); SIGHUP applies it anyway
-        "max_shrink": (_share, "20%"),
-        "idle_timeout": (_positive_seconds, "600"),
-        "max_line_length": (_positive_int, "8192"),
-        "max_attributes": (_positive_int, "200"),
+        "max_shrink": (share, "20%"),
+        "idle_timeout": (positive_seconds, "600"),
+        "max_line_length": (positive_int, "8192"),
+        "max_attributes": (positive_int, "200"),
         "metrics": (optional_listen, ""),
         "user": (_user_name, ""),
+        "state_directory": (absolute_path, "/var/lib/backupmx"),
     },
     "milter": {
         "listen": (parse_listen, "inet:127.0.0.1:8890"),
-        "ledger": (_absolute_path, "/var/lib/backupmx/ledger.sqlite3"),
-        "ledger_sync": (_choice("normal", "full"), "normal"),
+        "ledger": (absolute_path, "/var/lib/backupmx/ledger.sqlite3"),
+        "ledger_sync": (choice("normal", "full"), "normal"),
         "journal": (_optional_path, ""),
         "user": (_user_name, ""),
     },
     "postfix": {
         "config_directory": (_optional_path, ""),
+        "recipient_table": (_optional_path, ""),
     },
 }
+#: a section "[recipients NAME]" (any NAME) is one recipient source: backupmx.common.source_settings
+SOURCE_SECTION = "recipients "
 
 
 @dataclass(frozen=True)
@@ -215,8 +186,13 @@ class _Entry:
     line: int
 
 
-def _read_ini(text: str, path: str) -> Dict[str, Dict[str, _Entry]]:
-    """Sections of ``key = value`` lines; ``#``/``;`` comments, also after a value."""
+def _read_ini(text: str, path: str,
+              headers: Optional[Dict[str, int]] = None) -> Dict[str, Dict[str, _Entry]]:
+    """Sections of ``key = value`` lines; ``#``/``;`` comments, also after a value.
+
+    ``headers`` (when given) receives each section's header line number."""
+    if headers is None:
+        headers = {}
     sections: Dict[str, Dict[str, _Entry]] = {}
     current: Optional[Dict[str, _Entry]] = None
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -226,13 +202,18 @@ def _read_ini(text: str, path: str) -> Dict[str, Dict[str, _Entry]]:
         if line.startswith("["):
             if not line.endswith("]"):
                 raise ConfigError(f"{path}:{number}: malformed section header {raw.strip()!r}")
-            name = line[1:-1].strip().lower()
-            if name not in SCHEMA and name != "domains":
-                known = ", ".join([*SCHEMA, "domains"])
+            name = line[1:-1].strip()
+            if name.lower().startswith(SOURCE_SECTION):
+                name = SOURCE_SECTION + name[len(SOURCE_SECTION):].strip()
+            else:
+                name = name.lower()
+            if name not in SCHEMA and name != "domains" and not name.startswith(SOURCE_SECTION):
+                known = ", ".join([*SCHEMA, "domains", "recipients NAME"])
                 raise ConfigError(f"{path}:{number}: [{name}]: unknown section (known: {known})")
             if name in sections:
                 raise ConfigError(f"{path}:{number}: section [{name}] appears twice")
             current = sections[name] = {}
+            headers[name] = number
             continue
         key, sep, value = line.partition("=")
         key = key.strip().lower()
@@ -266,9 +247,11 @@ def _section_values(path: str, name: str, entries: Mapping[str, _Entry]) -> Dict
 def _domains(path: str, entries: Mapping[str, _Entry]) -> Dict[str, PrimarySpec]:
     domains: Dict[str, PrimarySpec] = {}
     for domain, entry in entries.items():
-        domain = normalize_domain(domain)
-        if not _DOMAIN_RE.match(domain):
-            raise ConfigError(f"{path}:{entry.line}: [domains] {domain}: not a domain name")
+        try:
+            domain = domain_name(domain)
+        except ValueError:
+            raise ConfigError(f"{path}:{entry.line}: [domains] {domain}: not a domain name"
+                              ) from None
         if domain in domains:
             raise ConfigError(f"{path}:{entry.line}: [domains] {domain}: domain set twice")
         try:
@@ -280,19 +263,59 @@ def _domains(path: str, entries: Mapping[str, _Entry]) -> Dict[str, PrimarySpec]
 
 def parse_config(text: str, path: str = "<string>") -> Config:
     """Validate a whole configuration text; raise ConfigError naming file, line and key."""
-    sections = _read_ini(text, path)
+    headers: Dict[str, int] = {}
+    sections = _read_ini(text, path, headers)
     policyd = _section_values(path, "policyd", sections.get("policyd", {}))
     milter = _section_values(path, "milter", sections.get("milter", {}))
     postfix = _section_values(path, "postfix", sections.get("postfix", {}))
     if milter["journal"] is None:
         milter["journal"] = f"{milter['ledger']}.journal"
+    domains = _domains(path, sections.get("domains", {}))
+    recipient_files: Tuple[str, ...] = policyd["recipients"]  # type: ignore[assignment]
     return Config(
         path=path,
         policyd=PolicydConfig(**policyd),  # type: ignore[arg-type]  # values typed by SCHEMA parsers
         milter=MilterConfig(**milter),  # type: ignore[arg-type]  # (ditto)
         postfix=PostfixConfig(**postfix),  # type: ignore[arg-type]  # (ditto)
-        domains=_domains(path, sections.get("domains", {})),
+        domains=domains,
+        sources=_sources(path, recipient_files, sections, headers, domains),
     )
+
+
+def _sources(path: str, recipient_files: Tuple[str, ...],
+             sections: Mapping[str, Mapping[str, _Entry]], headers: Mapping[str, int],
+             domains: Mapping[str, PrimarySpec]) -> Tuple[SourceSettings, ...]:
+    """The recipient sources: ``[policyd] recipients`` files, then ``[recipients NAME]``.
+
+    A source's ``domains`` must be domains of ``[domains]``; empty means all of them (filled in
+    here for pulled sources; a file source keeps it empty: it speaks for what its file lists).
+    Raises ConfigError naming file, line and key."""
+    sources: List[SourceSettings] = [
+        SourceSettings(name=file, type="file", driver=FileSettings(file))
+        for file in recipient_files]
+    names = set(recipient_files)
+    for title, entries in sections.items():
+        if not title.startswith(SOURCE_SECTION):
+            continue
+        name = title[len(SOURCE_SECTION):]
+        try:
+            source = parse_source(name, entries, headers.get(title))
+        except SourceSettingsError as error:
+            raise ConfigError(f"{path}:{error.line if error.line is not None else '?'}: "
+                              f"[{error.section}] {error.key}: {error.reason}") from None
+        if name in names:
+            raise ConfigError(f"{path}:{headers.get(title)}: [{title}]: a source of this "
+                              "name exists already")
+        names.add(name)
+        foreign = [d for d in source.domains if d not in domains]
+        if foreign:
+            line = entries["domains"].line
+            raise ConfigError(f"{path}:{line}: [{title}] domains: {', '.join(foreign)} not in "
+                              "[domains]")
+        if not source.domains and source.type != "file":
+            source = dataclasses.replace(source, domains=tuple(domains))
+        sources.append(source)
+    return tuple(sources)
 
 
 def load_config(path: str = DEFAULT_CONFIG_PATH) -> Config:
@@ -306,11 +329,3 @@ def load_config(path: str = DEFAULT_CONFIG_PATH) -> Config:
     return parse_config(text, os.path.abspath(path))
 
 
-def check_readable(paths: List[str]) -> None:
-    """Fail early, with the path, when a file the configuration names cannot be read."""
-    for path in paths:
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as error:
-            raise ConfigError(f"{path}: cannot read: {error.strerror}") from None

@@ -61,7 +61,7 @@ def _parse_unix(rest: str, text: str) -> ListenAddress:
 def _parse_inet(rest: str, text: str) -> ListenAddress:
     if rest.startswith("["):
         _check_ip(rest[1:].partition("]")[0], text)
-    host, port, bracketed = split_host_port(rest, None, text)
+    host, port, _ = split_host_port(rest, None, text)
     return ListenAddress("inet", host=host, port=port)
 
 

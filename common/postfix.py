@@ -11,6 +11,9 @@ import subprocess
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+#: Postfix's compiled-in config_directory on Debian and Fedora (postconf -d config_directory)
+DEFAULT_CONFIG_DIRECTORY = "/etc/postfix"
+
 
 class PostfixError(RuntimeError):
     """A Postfix tool failed or could not be run; the message says which and why."""
@@ -26,6 +29,10 @@ class Postfix:
     @classmethod
     def from_setting(cls, config_directory: Optional[str]) -> "Postfix":
         return cls(config_directory or os.environ.get("MAIL_CONFIG") or None)
+
+    def directory(self) -> str:
+        """The configuration directory this handle names (Postfix's default: /etc/postfix)."""
+        return self.config_directory or DEFAULT_CONFIG_DIRECTORY
 
     def _config_args(self) -> List[str]:
         return ["-c", self.config_directory] if self.config_directory else []

@@ -58,6 +58,8 @@ class RecipientMap:
     warnings: Tuple[str, ...] = ()
     #: some local part is quoted (starts with "): only then can a quoted lookup match
     quoted_keys: bool = False
+    #: (source file, the domains it has keys for), in load order
+    source_domains: Tuple[Tuple[str, FrozenSet[str]], ...] = ()
 
     def covers(self, domain: str) -> bool:
         """True when the map says anything about this (lower-case) domain."""
@@ -233,6 +235,52 @@ def strip_bom(lines: Iterable[str], source: str, warnings: List[str]) -> Iterato
         yield line
 
 
+#: longest address accepted from a source (RFC 5321 section 4.5.3.1.3: a path of 256 octets)
+MAX_ADDRESS_LENGTH = 254
+_DOMAIN_KEY = re.compile(r"(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
+                         r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def address_key(text: str) -> Tuple[str, str]:
+    """One address from a recipient source -> (local part key, domain), as a map key.
+
+    ``Alice@Example.TEST`` -> (``alice``, ``example.test``); ``@example.test`` -> (``""``,
+    ``example.test``) (a catch-all); ``odd user@example.test`` or ``"odd user"@example.test``
+    -> (``"odd user"``, ``example.test``): the local part in the quoted form Postfix looks up
+    first (quote_local), so the key matches in policyd and in a Postfix table alike. The domain
+    is normalised (common.addresses.normalize_domain: lower case, one trailing dot dropped).
+
+    Raises ValueError with a short reason for text that is no such address: empty, longer than
+    MAX_ADDRESS_LENGTH, control characters, no ``@``, routing (``@`` in the unquoted local
+    part), an unbalanced quote or a domain that is not a host name.
+    """
+    from backupmx.common.addresses import normalize_domain
+    address = text.strip()
+    if not address:
+        raise ValueError("empty")
+    if len(address) > MAX_ADDRESS_LENGTH:
+        raise ValueError(f"longer than {MAX_ADDRESS_LENGTH} characters")
+    if any(ord(char) < 32 or ord(char) == 127 for char in address) or "\ufffd" in address:
+        raise ValueError("control characters or undecodable bytes")
+    if address.count('"') % 2:
+        raise ValueError("unbalanced '\"'")
+    local, domain, routing = split_address_key(address)
+    if not domain and "@" not in address:
+        raise ValueError("no '@domain'")
+    if routing:
+        raise ValueError("an '@' in the local part (routing)")
+    domain = normalize_domain(domain)
+    if not _DOMAIN_KEY.fullmatch(domain):
+        raise ValueError(f"{domain!r} is not a domain name")
+    if not local:
+        return "", domain
+    internal = unquote_local(local)
+    if not internal:
+        raise ValueError("empty local part")
+    folded = internal.lower() if internal.isascii() else internal.casefold()
+    return quote_local(folded), domain
+
+
 #: at most this many warnings about keys per file, then one line with the count of the rest
 MAX_KEY_WARNINGS = 5
 
@@ -328,6 +376,7 @@ def load_recipient_map(paths: Iterable[str], delimiters: str = "",
     sources: List[str] = []
     warnings: List[str] = []
     quoted_domains: Set[str] = set()
+    source_domains: List[Tuple[str, FrozenSet[str]]] = []
     for path in paths:
         try:
             with open(path, encoding="utf-8", errors="strict") as handle:
@@ -340,6 +389,7 @@ def load_recipient_map(paths: Iterable[str], delimiters: str = "",
         except UnicodeDecodeError as error:
             raise MapError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})"
                            ) from None
+        source_domains.append((path, frozenset(file_users) | frozenset(file_catch_all)))
         # domain by domain, freeing each temporary set at once: one free of them all at the end
         # would be a single long stretch holding the GIL (about 1 us per address)
         for domain in list(file_users):
@@ -366,6 +416,7 @@ def load_recipient_map(paths: Iterable[str], delimiters: str = "",
         sources=tuple(sources),
         warnings=tuple(warnings),
         quoted_keys=bool(quoted_domains),
+        source_domains=tuple(source_domains),
     )
 
 

@@ -51,11 +51,13 @@ class PrimaryState:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One probe of a domain's primary: up or not, which host, and any configuration error."""
+    """One probe of a domain's primary: up or not, which host(s), any configuration error, and
+    ``detail``: why there was no host to try (the MX lookup failed), empty otherwise."""
 
     up: bool
     host: str
     error: Optional[str] = None
+    detail: str = ""
 
 
 class ConfigurationProblem(Exception):
@@ -69,7 +71,12 @@ class _GreetingProbe(LineOnlyReceiver):
     MAX_LENGTH = 4096
 
     def __init__(self) -> None:
-        self.greeted: defer.Deferred = defer.Deferred()
+        # cancelled when another host of the MX set has already answered: hang up at once
+        self.greeted: defer.Deferred = defer.Deferred(lambda _: self._hang_up())
+
+    def _hang_up(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def lineReceived(self, line: bytes) -> None:
         if self.greeted.called:
@@ -90,7 +97,7 @@ def probe_smtp(reactor: Any, host: str, port: int, timeout: float) -> defer.Defe
     """Deferred firing True if host:port greets with 220 within timeout (seconds), else False.
 
     Never fails: refused, timed out, closed or a non-220 greeting (RFC 5321 section 3.1: 554 or
-    421 mean "no service") all fire False.
+    421 mean "no service") all fire False; so does cancelling it (the connection is dropped).
     """
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
     factory = Factory.forProtocol(_GreetingProbe)
@@ -138,8 +145,9 @@ def _bracket(host: str, port: int) -> str:
 
 def probe_hosts(reactor: Any, hosts: Sequence[str], port: int,
                 timeout: float) -> defer.Deferred:
-    """Probe every host at once; fires ProbeResult: up with the first host that greeted 220,
-    else down naming every host tried. HostnameEndpoint tries each address of a name."""
+    """Probe every host at once; fires ProbeResult: up with the first host that greeted 220
+    (the other probes are then cancelled), else down naming every host tried.
+    HostnameEndpoint tries each address of a name."""
     probes = [probe_smtp(reactor, host, port, timeout) for host in hosts]
     done: defer.Deferred = defer.Deferred()
     remaining = [len(probes)]
@@ -150,6 +158,9 @@ def probe_hosts(reactor: Any, hosts: Sequence[str], port: int,
             return
         if up:
             done.callback(ProbeResult(True, _bracket(host, port)))
+            for other in probes:
+                if not other.called:
+                    other.cancel()
         elif remaining[0] == 0:
             done.callback(ProbeResult(False, ", ".join(_bracket(h, port) for h in hosts)))
 
@@ -187,7 +198,7 @@ def probe_primary(reactor: Any, domain: str, spec: PrimarySpec, timeout: float,
     def failed(failure: Any) -> ProbeResult:
         if failure.check(ConfigurationProblem):
             return ProbeResult(False, "", failure.getErrorMessage())
-        return ProbeResult(False, f"(MX lookup failed: {failure.getErrorMessage()})")
+        return ProbeResult(False, "", detail=f"MX lookup failed: {failure.getErrorMessage()}")
 
     return lookup.addCallback(chosen).addErrback(failed)
 

@@ -1,4 +1,5 @@
-"""The demo behind ``sudo .ci/demo``: backupmx running for real on loopback, explained as it goes.
+"""The demo behind ``.ci/demo`` (run as root): backupmx running for real on loopback,
+explained as it goes.
 
 It builds a private Postfix instance as backup MX for ``example.test`` (the system's Postfix is
 not touched), attaches the real policyd (and the milter, when installed), plays the part of a

@@ -87,9 +87,10 @@ def run(config: Config) -> int:
     import Milter
 
     import milter as libmilter
-    from backupmx.common.daemon import drop_privileges, remove_stale_socket
+    from backupmx.common.daemon import drop_privileges, notify, remove_stale_socket
     from backupmx.milter.app import milter_factory
     from backupmx.milter.config_watch import ConfigWatcher
+    from backupmx.milter.readiness import announce_when_listening
 
     settings = config.milter
     dropped = drop_privileges(settings.user)
@@ -105,6 +106,8 @@ def run(config: Config) -> int:
         os.umask(0o777 & ~settings.listen.mode)
     log.info("backupmx-milter %s starting on %s: %d relay domains, ledger %s%s", version(),
              settings.listen, len(config.domains), ledger.path, f", {dropped}" if dropped else "")
+    if os.environ.get("NOTIFY_SOCKET"):  # Type=notify: READY=1 once the socket listens
+        announce_when_listening(settings.listen, notify)
     try:
         Milter.runmilter(MILTER_NAME, settings.listen.libmilter_socket(), rmsock=False)
     except libmilter.error as error:

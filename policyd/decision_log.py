@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 
 from twisted.logger import Logger, LogLevel
 
-from backupmx.policyd.decision import Decision
+from backupmx.common.decision import Decision
 
 _INFO = LogLevel.info
 

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import signal
 import sys
+import time
 from typing import Any, List, Optional
 
 from backupmx.common import version
@@ -23,10 +25,22 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def require_drivers(config: Config) -> None:
+    """ConfigError (one line naming the Debian package) when a source's driver is missing."""
+    from backupmx.sources import require_driver
+    from backupmx.sources.errors import DriverMissing
+    for source in config.sources:
+        try:
+            require_driver(source.type)
+        except DriverMissing as error:
+            raise ConfigError(f"{config.path}: [recipients {source.name}]: {error}") from None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config)
+        require_drivers(config)
         if not args.check_config:
             return run(config)
         maps = load_maps(config)
@@ -61,8 +75,11 @@ def run(config: Config) -> int:
     settings = config.policyd
     primaries = PrimaryMonitor(reactor, config.domains, settings.probe_interval,
                                settings.probe_timeout, up_after=settings.primary_up_after,
-                               down_after=settings.primary_down_after)
+                               down_after=settings.primary_down_after,
+                               local_names=_local_names(config))
     service = PolicyService(reactor, config, maps, primaries)
+    from backupmx.policyd.recipient_sync import SyncScheduler
+    service.scheduler = SyncScheduler(reactor, config, service.check_maps)
     # the service holds the maps now: no frame of ours may keep the start-up maps alive after
     # a reload has replaced them (a 1,000,000-address map holds about 110 MiB)
     del maps
@@ -83,13 +100,53 @@ def run(config: Config) -> int:
     if metrics_port is not None and settings.metrics is not None:
         log.info("Prometheus metrics on {address}",
                  address=daemon.bound_address(metrics_port, settings.metrics))
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(service.reload))
+    reloads = itertools.count(1)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(
+        _reload_on_signal, service, next(reloads)))
     reactor.callWhenRunning(service.start)
-    reactor.callWhenRunning(daemon.notify, "READY=1")
+    reactor.callWhenRunning(daemon.notify, f"READY=1\nSTATUS={_serving(service)}")
     reactor.addSystemEventTrigger("before", "shutdown", service.stop)
     reactor.addSystemEventTrigger("before", "shutdown", daemon.notify, "STOPPING=1")
     reactor.run()
     return EXIT_OK
+
+
+def _serving(service: Any) -> str:
+    """The STATUS text systemd shows while policyd serves."""
+    return (f"serving {len(service.config.domains)} domains, "
+            f"{len(service.maps.recipients)} recipient keys")
+
+
+def _reload_on_signal(service: Any, number: int) -> None:
+    """SIGHUP: reload, telling systemd ``RELOADING=1`` now and ``READY=1`` once it is done.
+
+    The STATUS text ``reload #N: ok ...`` or ``reload #N: failed ...`` is what the unit's
+    ExecReload helper (/usr/lib/backupmx/policyd-reload) waits for, so that ``systemctl reload``
+    returns when the reload is applied and fails when it was refused. MONOTONIC_USEC makes the
+    same messages serve systemd 253's Type=notify-reload.
+    """
+    from backupmx.common.daemon import notify
+
+    notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\n"
+           f"STATUS=reload #{number}: reloading")
+
+    def done(applied: bool) -> None:
+        outcome = (f"ok, {_serving(service)}" if applied
+                   else "failed, keeping the running configuration (see the log)")
+        notify(f"READY=1\nSTATUS=reload #{number}: {outcome}")
+
+    service.reload_and_report().addCallback(done)
+
+
+def _local_names(config: Config) -> "tuple[str, ...]":
+    """This host's own names (Postfix's myhostname): an MX among them is never the primary."""
+    from backupmx.common.addresses import normalize_domain
+    from backupmx.common.postfix import Postfix, PostfixError
+    try:
+        name = Postfix.from_setting(config.postfix.config_directory).parameter("myhostname")
+    except (PostfixError, KeyError):
+        return ()
+    return (normalize_domain(name),) if name else ()
 
 
 def _serve_metrics(reactor: Any, address: Optional[ListenAddress], service: Any,

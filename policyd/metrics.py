@@ -22,8 +22,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from backupmx.common.decision import Decision
 from backupmx.policyd.codec import Request
-from backupmx.policyd.decision import Decision
 
 # Seconds; policyd answers in tens of microseconds, Postfix gives up after its timeout.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)

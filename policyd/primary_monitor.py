@@ -210,7 +210,8 @@ class PrimaryMonitor:
         reported = reported_state(previous, track.recent, self.up_after, self.down_after)
         track.checked_at = now
         if reported != previous or result.up == reported:
-            track.host = result.host  # the host that says what is reported
+            # the host that says what is reported, or why there was none to ask
+            track.host = result.host or result.detail
         if reported != previous:
             track.reported = reported
             track.changed_at = now

@@ -8,20 +8,25 @@ state, and so does an automatic one that would cut a domain's keys by more than 
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from backupmx.common.config import Config, ConfigError, load_config
+from backupmx.common.decision import Decision, decide
 from backupmx.common.maps import (
     LoadedMaps,
     Signature,
+    build_policy,
+    current_freshness,
     file_signature,
     load_maps,
     map_paths,
@@ -29,7 +34,6 @@ from backupmx.common.maps import (
 )
 from backupmx.common.recipient_map import MapError, RecipientMap, release_in_steps
 from backupmx.policyd.codec import Request
-from backupmx.policyd.decision import Decision, Policy, decide
 from backupmx.policyd.decision_log import DecisionLog
 from backupmx.policyd.primary_monitor import PrimaryMonitor
 
@@ -46,14 +50,9 @@ def settings_needing_restart(old: Config, new: Config) -> List[str]:
             if getattr(old.policyd, name) != getattr(new.policyd, name)]
 
 
-def build_policy(config: Config, maps: LoadedMaps) -> Policy:
-    """The decision's view of a configuration and its loaded maps."""
-    return Policy(
-        domains=frozenset(config.domains),
-        recipients=maps.recipients,
-        networks=maps.networks,
-        primary_up_action=config.policyd.primary_up_action,
-    )
+def stale_domains(fresh_until: Mapping[str, float], now: float) -> FrozenSet[str]:
+    """The domains whose recipients are stale at ``now``."""
+    return frozenset(d for d, deadline in fresh_until.items() if deadline <= now)
 
 
 #: how long a reload in a worker thread sleeps at each pause (see load_recipient_map)
@@ -150,6 +149,8 @@ class PolicyService:
         self._pending_signature: Optional[Signature] = None
         #: the domains whose shrink held back the last changed map (empty: none held back)
         self.held_back: Tuple[Shrink, ...] = ()
+        #: starts the recipient source syncs (policyd.recipient_sync.SyncScheduler), if any
+        self.scheduler: Optional[Any] = None
         # (succeeded, when) of the last reload attempt, for metrics; start counts as one.
         self.last_reload: Tuple[bool, float] = (True, reactor.seconds())
         self._install(config, maps)
@@ -184,6 +185,8 @@ class PolicyService:
         self.log_accepts = config.policyd.log_accepts
         self._warned_unmapped: Set[str] = set()
         self.policy = build_policy(config, maps)
+        self.source_states = dict(maps.states)
+        self._note_staleness()
         if replaced:
             # The old map and policy are gone now; the sets live on only in `replaced`. A
             # thread of its own: nothing waits for it, and reloads keep their single job.
@@ -205,8 +208,13 @@ class PolicyService:
             return {}
         return dict(current.recipients.users)
 
+    def last_attempts(self) -> Dict[str, Optional[float]]:
+        return {name: state.last_attempt for name, state in self.source_states.items()}
+
     def start(self) -> None:
         self.primaries.start()
+        if self.scheduler is not None:
+            self.scheduler.start(self.last_attempts())
         self._start_map_check()
 
     def _start_map_check(self) -> None:
@@ -216,6 +224,8 @@ class PolicyService:
 
     def stop(self) -> None:
         self.primaries.stop()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         if self._map_check is not None and self._map_check.running:
             self._map_check.stop()
 
@@ -231,6 +241,35 @@ class PolicyService:
         reloading.addCallbacks(self._apply_reload, self._reload_failed)
         reloading.addBoth(self._reload_done)
         return reloading
+
+    def reload_and_report(self) -> Deferred:
+        """Reload as on SIGHUP; a Deferred firing with True once a reload begun after this call
+        is applied, False when that reload failed (the running configuration is kept).
+
+        Unlike reload(), whose Deferred may be that of a run already under way (which read the
+        files before the caller changed them), this one waits for the run queued after it.
+        """
+        busy = self._reloading
+        started = self.reload()
+        outcome: Deferred = Deferred()
+
+        def report(result: Any) -> Any:
+            outcome.callback(not isinstance(result, Failure) and self.last_reload[0])
+            return result
+
+        def after_busy(result: Any) -> Any:
+            rerun = self._reloading  # queued by reload() above, started by _reload_done
+            if rerun is None:  # it already finished
+                outcome.callback(self.last_reload[0])
+            else:
+                rerun.addBoth(report)
+            return result
+
+        if busy is None:
+            started.addBoth(report)
+        else:
+            busy.addBoth(after_busy)
+        return outcome
 
     @staticmethod
     def _load_all(path: str) -> Tuple[Config, LoadedMaps]:
@@ -261,6 +300,8 @@ class PolicyService:
                                  down_after=config.policyd.primary_down_after)
         self.primaries.probe_all()
         self._install(config, maps)
+        if self.scheduler is not None:
+            self.scheduler.configure(config, self.last_attempts())
         self._failed_signature = self._pending_signature = None
         self.held_back = ()
         if (config.policyd.map_check_interval != old.policyd.map_check_interval
@@ -286,8 +327,28 @@ class PolicyService:
             self.reload()
         return result
 
+    def _note_staleness(self) -> None:
+        """Log each domain whose recipients went stale or fresh again (once per change)."""
+        stale = stale_domains(self.policy.fresh_until, self.reactor.seconds())
+        previous: FrozenSet[str] = getattr(self, "_stale", frozenset())
+        for domain in sorted(stale - previous):
+            self.log.warn("recipients of {domain} are stale (no source synced them within its "
+                          "stale_after): unknown recipients get 450 4.1.1, not 550",
+                          domain=domain)
+        for domain in sorted(previous - stale):
+            self.log.info("recipients of {domain} are fresh again", domain=domain)
+        self._stale = stale
+
+    def _apply_freshness(self, fresh_until: Dict[str, float],
+                         states: Dict[str, Any]) -> None:
+        self.source_states = states
+        if fresh_until != self.policy.fresh_until:
+            self.policy = dataclasses.replace(self.policy, fresh_until=fresh_until)
+        self._note_staleness()
+
     def check_maps(self) -> Deferred:
-        """Load the maps again once a changed map file has stopped changing, off the reactor.
+        """Load the maps again once a changed map file has stopped changing, off the reactor;
+        re-read the sources' states and the domains' freshness every time (cheap).
 
         A file counts as changed when its mtime, size or inode (or its being there at all)
         differs from what the maps in use were read at, and as stopped changing when two checks
@@ -298,9 +359,16 @@ class PolicyService:
         if self._reloading is not None:
             return maybeDeferred(lambda: None)
         paths = map_paths(self.config)
-        checking = self.run_in_thread(file_signature, paths)
+        checked, recipients = self.config, self.maps.recipients
 
-        def compare(signature: Signature) -> Any:
+        def look() -> Tuple[Signature, Tuple[Dict[str, float], Dict[str, Any]]]:
+            return file_signature(paths), current_freshness(checked, recipients)
+        checking = self.run_in_thread(look)
+
+        def compare(looked: Tuple[Signature, Tuple[Dict[str, float], Dict[str, Any]]]) -> Any:
+            signature, (fresh_until, states) = looked
+            if checked is self.config and recipients is self.maps.recipients:
+                self._apply_freshness(fresh_until, states)
             if signature == self.maps.signature:
                 self._pending_signature = None
                 self.held_back = ()

@@ -42,7 +42,13 @@ class BackupMxLab:
         sender_networks: str = "@partner.test 127.0.0.1/32, ::1/128\n",
         policyd_settings: Optional[Dict[str, str]] = None,
         policy_socket: str = "inet",
+        extra_config: str = "",
+        postfix_settings: Optional[Dict[str, str]] = None,
+        extra_main_cf: Optional[Dict[str, str]] = None,
     ) -> None:
+        """``extra_config``: more sections for backupmx.conf (``[recipients NAME]``);
+        ``postfix_settings``: more keys of its ``[postfix]``; ``extra_main_cf``: main.cf
+        settings of the private Postfix."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.domains = list(domains)
@@ -60,6 +66,8 @@ class BackupMxLab:
         self.networks_path = self.root / "sender_networks"
         self.config_path = self.root / "backupmx.conf"
         self.ledger_path = self.root / "ledger.sqlite3"
+        self.extra_config = extra_config
+        self.postfix_settings = dict(postfix_settings or {})
         self.recipients_path.write_text("# valid recipients\n" + "".join(
             f"{user}@{domain} OK\n" for domain in self.domains for user in users))
         self.networks_path.write_text(sender_networks)
@@ -68,6 +76,7 @@ class BackupMxLab:
             {d: p.port for d, p in self.primaries.items()},
             policy=postfix_policy,
             milter=f"inet:127.0.0.1:{self.milter_port}" if milter else None,
+            extra_main_cf=extra_main_cf,
         )
         self.write_config(policyd_settings or {})
         self.policyd: Optional[Daemon] = None
@@ -89,14 +98,17 @@ class BackupMxLab:
                  "", "[milter]", f"listen = inet:127.0.0.1:{self.milter_port}",
                  f"ledger = {self.ledger_path}",
                  "", "[postfix]", f"config_directory = {self.postfix.config_dir}",
+                 *(f"{k} = {v}" for k, v in self.postfix_settings.items()),
                  "", "[domains]",
-                 *(f"{d} = [127.0.0.1]:{p.port}" for d, p in self.primaries.items()), ""]
+                 *(f"{d} = [127.0.0.1]:{p.port}" for d, p in self.primaries.items()), "",
+                 self.extra_config]
         self.config_path.write_text("\n".join(lines))
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> "BackupMxLab":
         try:
+            self.postfix.write_config()  # policyd reads relay_domains from it at start
             self.start_policyd()
             if self.with_milter:
                 self.start_milter()

@@ -25,8 +25,7 @@ GOOD: Dict[str, str] = {
     "queue_directory": "/var/spool/postfix",
     "smtpd_relay_restrictions": "permit_mynetworks, defer_unauth_destination",
     "smtpd_recipient_restrictions": "permit_mynetworks, reject_unauth_destination, "
-                                    "check_policy_service { inet:127.0.0.1:10040, timeout=10s, "
-                                    "default_action=DUNNO }",
+                                    "check_policy_service { inet:127.0.0.1:10040, timeout=10s }",
     "smtpd_milters": "{ inet:127.0.0.1:8890, default_action=accept }",
     "milter_default_action": "tempfail",
     "maximal_queue_lifetime": "30d",

@@ -22,9 +22,9 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
+from backupmx.common.decision import Policy, decide
 from backupmx.common.recipient_map import MapError, load_recipient_map, parse_recipient_lines
 from backupmx.common.sender_networks import parse_sender_networks
-from backupmx.policyd.decision import Policy, decide
 from tests.harness.lab import BackupMxLab, eventually
 from tests.harness.postfix import PostfixInstance, free_port
 from tests.harness.primary_states import States

@@ -31,6 +31,8 @@ check() {
 }
 installed() { dpkg-query -W -f='${Status}' backupmx 2>/dev/null | grep -q "ok installed"; }
 purge() { apt-get purge -y -q backupmx >"$LOG/purge" 2>&1; }
+# Other apt users may hold the lock for a while: wait for it instead of failing.
+apt-get() { command apt-get -o DPkg::Lock::Timeout=900 "$@"; }
 
 user_existed=no
 getent passwd backupmx >/dev/null && user_existed=yes
@@ -56,7 +58,7 @@ if installed; then echo "backupmx was installed: purging it first"; purge; fi
 
 # ---- the deb ------------------------------------------------------------------------------
 echo "== make deb"
-check "make deb (dpkg-buildpackage + lintian without errors)" make -s deb
+check "make deb (dpkg-buildpackage + lintian -I --pedantic clean)" make -s deb
 [ -f "$DEB" ] || { fail "dist/backupmx_${VERSION}-1_all.deb built"; exit 1; }
 check "deb contains backupmx/policyd/*.py" sh -c \
     "dpkg-deb -c '$DEB' | grep -q 'usr/lib/python3/dist-packages/backupmx/policyd/main.py'"
@@ -68,6 +70,11 @@ check "deb contains the Prometheus rules" sh -c \
     "dpkg-deb -c '$DEB' | grep -q './usr/share/backupmx/prometheus/backupmx-rules.yml'"
 check "backupmx is a namespace package (no backupmx/__init__.py)" sh -c \
     "! dpkg-deb -c '$DEB' | grep -q 'dist-packages/backupmx/__init__.py'"
+for page in man5/backupmx.conf.5 man8/backupmx.8 man8/backupmx-policyd.8 man8/backupmx-milter.8; do
+    check "deb has the manual page $page" sh -c "dpkg-deb -c '$DEB' | grep -q 'usr/share/man/$page.gz$'"
+done
+check "deb has the reload helper /usr/lib/backupmx/policyd-reload (executable)" sh -c \
+    "dpkg-deb -c '$DEB' | grep -q '^-rwxr-xr-x .* ./usr/lib/backupmx/policyd-reload$'"
 
 echo "== apt-get install $DEB"
 check "apt-get install ./dist/backupmx_*.deb" apt-get install -y -q "$DEB"
@@ -99,7 +106,7 @@ else
 fi
 
 echo "== purge"
-check "apt-get purge backupmx" purge
+check "apt-get purge backupmx" apt-get purge -y -q backupmx
 for path in /etc/backupmx /var/lib/backupmx /var/spool/postfix/backupmx \
         /usr/lib/python3/dist-packages/backupmx /usr/bin/backupmx-policyd \
         /lib/systemd/system/backupmx-policyd.service; do
@@ -129,8 +136,11 @@ if [ -f "$RPM" ]; then
             /usr/lib/systemd/system/backupmx-flush.service \
             /usr/lib/systemd/system/backupmx-flush.timer /usr/lib/sysusers.d/backupmx.conf \
             /usr/lib/tmpfiles.d/backupmx.conf /var/lib/backupmx /var/spool/postfix/backupmx \
-            /usr/share/backupmx/prometheus/backupmx-rules.yml; do
+            /usr/share/backupmx/prometheus/backupmx-rules.yml /usr/lib/backupmx/policyd-reload; do
         check "rpm has $file" grep -qx "$file" "$LOG/files"
+    done
+    for page in man5/backupmx.conf.5 man8/backupmx.8 man8/backupmx-policyd.8 man8/backupmx-milter.8; do
+        check "rpm has the manual page $page" grep -q "^/usr/share/man/$page" "$LOG/files"
     done
     check "rpm has backupmx/policyd/*.py" grep -q "site-packages/backupmx/policyd/main.py$" "$LOG/files"
     check "rpm has backupmx/milter/*.py" grep -q "site-packages/backupmx/milter/main.py$" "$LOG/files"

@@ -14,7 +14,6 @@ from backupmx.common.config import (
     SCHEMA,
     ConfigError,
     PrimarySpec,
-    check_readable,
     load_config,
     parse_config,
 )
@@ -230,14 +229,6 @@ def test_load_config_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"[policyd]\n; J\xfcrgen\n")
     with pytest.raises(ConfigError, match=f"^{path}: cannot read configuration"):
         load_config(str(path))
-
-
-def test_check_readable(tmp_path: Path) -> None:
-    good = tmp_path / "good"
-    good.write_text("", encoding="utf-8")
-    check_readable([str(good)])
-    with pytest.raises(ConfigError, match=f"^{tmp_path / 'gone'}: cannot read"):
-        check_readable([str(good), str(tmp_path / "gone")])
 
 
 def test_main_with_bad_config_exits_2_with_one_line(tmp_path: Path, capsys) -> None:

@@ -17,9 +17,9 @@ try:
 except ImportError:  # Twisted before 19.7 (not Debian 12's 22.4, but cheap to keep)
     from twisted.test.proto_helpers import StringTransport  # type: ignore[no-redef]
 
+from backupmx.common.decision import Policy, decide
 from backupmx.common.recipient_map import RecipientMap
 from backupmx.common.smtp_probe import PrimaryState
-from backupmx.policyd.decision import Policy, decide
 from backupmx.policyd.protocol import PolicyFactory, PolicyProtocol
 from tests.harness.policy_streams import (
     POSTFIX_RCPT,

@@ -120,7 +120,9 @@ def test_unix_socket_relative_to_queue_directory() -> None:
 
 
 @pytest.mark.parametrize("options, globals_, timeout, action", [
-    ("timeout=10s, default_action=DUNNO", {}, OK, OK),
+    ("timeout=10s", {}, OK, OK),
+    ("timeout=10s, default_action=DUNNO", {}, OK, FAIL),  # unchecked: backscatter
+    ("timeout=10s", {"smtpd_policy_service_default_action": "DUNNO"}, OK, FAIL),
     ("", {}, WARN, OK),  # Postfix defaults: 100s, 451 4.3.5
     ("", {"smtpd_policy_service_timeout": "20s"}, OK, OK),
     ("timeout=10s, default_action=REJECT", {}, OK, FAIL),
@@ -188,6 +190,11 @@ ADDRS = {"mx1.example.test": ("192.0.2.10",), "mx2.test": ("192.0.2.20",)}
     (((10, "mx1.example.test"), (10, "mx2.test")), FIXED, [FAIL, OK]),  # equal preference
     (((10, "mx1.example.test"), (20, "mx2.test")), PrimarySpec("192.0.2.99", 25), [OK, FAIL]),
     ((), FIXED, [FAIL]),
+    (((0, ""),), PrimarySpec(None), [FAIL]),                           # null MX (RFC 7505)
+    (((0, "."),), FIXED, [FAIL]),
+    # two primaries of equal preference: both probed; one without an address is a warning
+    (((10, "mx1.example.test"), (10, "noaddr.example.test"), (20, "mx2.test")),
+     PrimarySpec(None), [OK, OK, WARN]),
 ])
 def test_dns(mx: tuple, spec: PrimarySpec, expected: List[str]) -> None:
     results = check_dns("example.test", spec, DomainDns(mx=mx, addresses=ADDRS), "mx2.test")

@@ -6,11 +6,9 @@ from typing import Dict, Optional
 import pytest
 
 from backupmx.common.addresses import split_address
-from backupmx.common.recipient_map import RecipientMap, parse_recipient_lines
-from backupmx.common.sender_networks import parse_sender_networks
-from backupmx.common.smtp_probe import PrimaryState
-from backupmx.policyd.decision import (
+from backupmx.common.decision import (
     DUNNO,
+    NOT_VERIFIED,
     OUTCOMES,
     ROUTING_REFUSED,
     UNKNOWN_USER,
@@ -18,6 +16,9 @@ from backupmx.policyd.decision import (
     decide,
     primary_action,
 )
+from backupmx.common.recipient_map import RecipientMap, parse_recipient_lines
+from backupmx.common.sender_networks import parse_sender_networks
+from backupmx.common.smtp_probe import PrimaryState
 from tests.harness.primary_states import States
 
 NOW = 1_000_000.0
@@ -247,8 +248,41 @@ def test_every_outcome_is_declared() -> None:
         decide(rcpt("alice@example.test"), snapshot("ignore"), up(), NOW).outcome,
         decide(rcpt("alice@example.test"), snapshot(), down(), NOW).outcome,
         decide(rcpt("alice@example.test"), snapshot(), States(), NOW).outcome,
+        decide(rcpt("zz@example.test"), stale_policy(), States(), NOW).outcome,
     }
     assert seen == set(OUTCOMES)
+
+
+def stale_policy(deadline: float = NOW, domain: str = "example.test") -> Policy:
+    return Policy(DOMAINS, MAP, NETWORKS, "defer", fresh_until={domain: deadline})
+
+
+def test_unknown_recipient_of_a_stale_domain_is_deferred_not_refused() -> None:
+    decision = decide(rcpt("zz@example.test"), stale_policy(NOW), up(), NOW)
+    assert decision.action == NOT_VERIFIED == "450 4.1.1 Recipient not verified; try later"
+    assert decision.outcome == "not_verified" and decision.domain == "example.test"
+
+
+def test_unknown_recipient_of_a_fresh_domain_is_refused() -> None:
+    assert decide(rcpt("zz@example.test"), stale_policy(NOW + 1), up(), NOW).action \
+        == UNKNOWN_USER
+
+
+def test_known_recipient_of_a_stale_domain_follows_the_primary_logic() -> None:
+    assert decide(rcpt("alice@example.test"), stale_policy(NOW - 100), down(), NOW).action \
+        == DUNNO
+    assert decide(rcpt("alice@example.test"), stale_policy(NOW - 100), up(), NOW).outcome \
+        == "primary_up_defer"
+
+
+def test_a_domain_whose_source_never_synced_defers_every_recipient() -> None:
+    policy = stale_policy(float("-inf"), "unmapped.test")
+    assert decide(rcpt("anyone@unmapped.test"), policy, down(), NOW).action == NOT_VERIFIED
+
+
+def test_a_domain_without_sources_never_goes_stale() -> None:
+    assert decide(rcpt("zz@example.test"), stale_policy(NOW - 1, "other.test"), up(),
+                  NOW).action == UNKNOWN_USER
 
 
 @pytest.mark.parametrize("text,expected", [

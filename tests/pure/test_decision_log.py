@@ -5,7 +5,7 @@ from typing import List
 
 from twisted.logger import Logger, LogLevel, LogPublisher, eventAsText
 
-from backupmx.policyd.decision import Decision
+from backupmx.common.decision import Decision
 from backupmx.policyd.decision_log import DecisionLog, describe
 
 REQUEST = {"queue_id": "", "instance": "i1", "client_name": "c.test",

@@ -1,6 +1,7 @@
 """backupmx flush: refusals, accounting, --auto choice, the lock."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator, Tuple
 
@@ -162,3 +163,20 @@ def test_manual_flush_waits_for_the_lock_then_gives_up(setup: Setup,
     with flush_lock(lock_path(ctx.config.milter.ledger), None, ctx):
         assert flush_command(ctx, "a.test", auto=False, force=False, wait=1) == EXIT_REFUSED
     assert postfix.flushed == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0,
+                    reason="only root's flush can create a file for another user")
+def test_root_creates_the_lock_for_the_folder_owner(tmp_path: Path) -> None:
+    """The timer runs flush as the daemons' user: a lock created by root must stay usable."""
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    os.chown(folder, 65534, 65534)
+    lock = folder / "ledger.sqlite3.flush.lock"
+    with flush_lock(str(lock), None, None) as locked:  # type: ignore[arg-type]
+        assert locked
+    assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534)
+    os.chown(lock, 0, 0)  # left by an older version: repaired by the next root run
+    with flush_lock(str(lock), None, None):  # type: ignore[arg-type]
+        pass
+    assert lock.stat().st_uid == 65534

@@ -198,14 +198,14 @@ def test_shrink_counts_subdomains_of_configured_domains_only(tmp_path: Path) -> 
     assert [str(s) for s in cut] == ["sub.example.test 3 -> 1 keys"]  # other.test: not ours
 
 
-@pytest.mark.parametrize("value, expected", [("20%", 0.2), ("35", 0.35), ("0%", 0.0),
+@pytest.mark.parametrize("value, expected", [("20%", 0.2), ("0.35", 0.35), ("0%", 0.0),
                                              ("100%", 1.0)])
 def test_max_shrink_values(value: str, expected: float) -> None:
     config = parse_config(f"[policyd]\nmax_shrink = {value}\n", "b.conf")
     assert config.policyd.max_shrink == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("value", ["120%", "-1%", "a lot"])
+@pytest.mark.parametrize("value", ["120%", "-1%", "a lot", "35"])
 def test_max_shrink_bad_values_name_the_line(value: str) -> None:
     with pytest.raises(ConfigError, match=r"^b\.conf:2: \[policyd\] max_shrink: "):
         parse_config(f"[policyd]\nmax_shrink = {value}\n", "b.conf")

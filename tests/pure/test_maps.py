@@ -1,13 +1,14 @@
 """Loading the map files policyd decides from, and the recipient delimiter's origin."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
-from backupmx.common.config import Config, parse_config
+from backupmx.common.config import Config, PrimarySpec, parse_config
 from backupmx.common.maps import file_signature, load_maps, map_paths, recipient_delimiter
 from backupmx.common.recipient_map import MapError
 
@@ -41,9 +42,11 @@ def fake_postconf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_map_paths(tmp_path: Path) -> None:
     config = make_config(tmp_path)
+    main_cf = str(tmp_path / "main.cf")  # Postfix's relay_domains and recipient_delimiter
     assert map_paths(config) == (str(tmp_path / "relay_recipients"),
-                                 str(tmp_path / "sender_networks"))
-    assert map_paths(make_config(tmp_path, networks=False)) == (str(tmp_path / "relay_recipients"),)
+                                 str(tmp_path / "sender_networks"), main_cf)
+    assert map_paths(make_config(tmp_path, networks=False)) == (
+        str(tmp_path / "relay_recipients"), main_cf)
 
 
 def test_file_signature_changes_on_rewrite_and_removal(tmp_path: Path) -> None:
@@ -119,8 +122,18 @@ def test_missing_postconf_gives_no_delimiter_and_a_warning(tmp_path: Path,
 
 def test_load_maps_collects_the_warnings_of_every_file(tmp_path: Path) -> None:
     config = make_config(tmp_path, "recipient_delimiter = +")
+    (tmp_path / "main.cf").write_text("relay_domains = example.test\n")
     (tmp_path / "sender_networks").write_text("\ufeff@a.test 192.0.2.0/24\n", encoding="utf-8")
     maps = load_maps(config)
     assert maps.networks is not None and maps.networks.allows("u@a.test", "192.0.2.1")
     assert maps.warnings == (f"{tmp_path / 'sender_networks'}: starts with a UTF-8 byte-order "
                              "mark; ignoring it (Postfix would not: save the file without it)",)
+
+
+def test_postfix_unreadable_judges_exact_names_only_and_says_so(tmp_path: Path) -> None:
+    config = make_config(tmp_path, "recipient_delimiter = +", networks=False)
+    config = dataclasses.replace(config, domains={"example.test": PrimarySpec(None)})
+    maps = load_maps(config)  # no main.cf in tmp_path: postconf fails
+    assert maps.scope is not None and maps.scope.owner("sub.example.test") is None
+    assert maps.scope.owner("example.test") == "example.test"
+    assert any("only the names in [domains] are judged" in w for w in maps.warnings)

@@ -116,7 +116,7 @@ def test_removed_map_keeps_last_good(setup: Setup, events: List[dict]) -> None:
     setup.recipients.unlink()
     for _ in range(3):
         service.check_maps()
-    assert service.policy is good
+    assert service.policy.recipients is good.recipients
     assert len(messages(events, LogLevel.error)) == 1
 
 
@@ -215,3 +215,32 @@ def test_sighup_during_map_reload_runs_after_it(setup: Setup) -> None:
     assert len(threads.jobs) == 1  # now the full reload
     threads.run_next()
     assert len(prober.updates) == 1
+
+
+def test_reload_and_report_tells_whether_the_reload_applied(setup: Setup) -> None:
+    service, _, _ = make_service(setup)
+    setup.write_config(domains="example.test = mx\nnew.test = mx\n")
+    outcomes: List[bool] = []
+    service.reload_and_report().addCallback(outcomes.append)
+    assert outcomes == [True]
+    assert "new.test" in service.policy.domains
+    setup.conf.write_text("[policyd]\nprimary_up_action = bounce\n", encoding="utf-8")
+    service.reload_and_report().addCallback(outcomes.append)
+    assert outcomes == [True, False]
+    assert "new.test" in service.policy.domains  # the running configuration kept
+
+
+def test_reload_and_report_waits_for_the_run_after_a_busy_one(setup: Setup) -> None:
+    """A SIGHUP during a reload is answered by the next run, which reads the files anew."""
+    threads = ManualThreads()
+    service, _, _ = make_service(setup, threads)
+    service.reload()  # under way: it reads the files before they change
+    outcomes: List[bool] = []
+    service.reload_and_report().addCallback(outcomes.append)
+    setup.conf.write_text("[policyd]\nprimary_up_action = bounce\n", encoding="utf-8")
+    threads.run_next()  # the busy run fails on the broken file, but it is not ours
+    assert outcomes == []
+    setup.write_config(domains="example.test = mx\nlater.test = mx\n")
+    threads.run_next()  # the run queued for our request
+    assert outcomes == [True]
+    assert "later.test" in service.policy.domains

@@ -22,6 +22,7 @@ PACKAGED_SETTINGS = {
     ("policyd", "listen"): "unix:/var/spool/postfix/backupmx/policyd.sock:0660",
     ("policyd", "sender_networks"): "/etc/backupmx/sender_networks",
     ("milter", "listen"): "unix:/var/spool/postfix/backupmx/milter.sock:0660",
+    ("postfix", "recipient_table"): "/var/lib/backupmx/relay_recipients",
 }
 
 
@@ -73,4 +74,5 @@ def test_only_the_packaged_settings_differ_from_the_defaults():
     embedded = parse_config("")
     assert packaged.policyd.recipients == embedded.policyd.recipients
     assert packaged.milter.ledger == embedded.milter.ledger
-    assert packaged.postfix == embedded.postfix
+    assert packaged.postfix.config_directory == embedded.postfix.config_directory
+    assert packaged.sources == embedded.sources

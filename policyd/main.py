@@ -83,8 +83,8 @@ def run(config: Config) -> int:
     # the service holds the maps now: no frame of ours may keep the start-up maps alive after
     # a reload has replaced them (a 1,000,000-address map holds about 110 MiB)
     del maps
-    factory = PolicyFactory(service.respond, settings.idle_timeout, settings.max_line_length,
-                            settings.max_attributes)
+    factory = PolicyFactory.from_settings(service.respond, settings)
+    service.reconfigured.append(lambda new: factory.configure(new.policyd))
     try:
         port = daemon.listen(reactor, settings.listen, factory)
         metrics_port = _serve_metrics(reactor, settings.metrics, service, factory)

@@ -39,6 +39,16 @@ from backupmx.policyd.decision_log import DecisionLog
 from backupmx.policyd.primary_monitor import PrimaryMonitor
 
 DecisionObserver = Callable[[Request, Decision], None]
+ConfigListener = Callable[[Config], None]
+
+#: [policyd] settings a running policyd cannot change: a reload names them when they changed
+RESTART_SETTINGS = ("listen", "metrics", "user")
+
+
+def settings_needing_restart(old: Config, new: Config) -> List[str]:
+    """The ``[policyd]`` settings in RESTART_SETTINGS whose value differs between two configs."""
+    return [name for name in RESTART_SETTINGS
+            if getattr(old.policyd, name) != getattr(new.policyd, name)]
 
 
 def stale_domains(fresh_until: Mapping[str, float], now: float) -> FrozenSet[str]:
@@ -70,14 +80,18 @@ def _under(domain: str, configured: Iterable[str]) -> bool:
 
 @dataclass(frozen=True)
 class Shrink:
-    """One domain whose keys a new map would cut by more than ``[policyd] max_shrink``."""
+    """One domain whose keys a new map would cut by more than ``[policyd] max_shrink``.
+
+    ``before`` is None when the old map had an ``@domain`` catch-all (every address valid).
+    """
 
     domain: str
-    before: int
+    before: Optional[int]
     after: int
 
     def __str__(self) -> str:
-        return f"{self.domain} {self.before} -> {self.after} keys"
+        before = f"@{self.domain} (every address)" if self.before is None else str(self.before)
+        return f"{self.domain} {before} -> {self.after} keys"
 
 
 def file_guarded_domains(config: Config) -> Tuple[str, ...]:
@@ -91,20 +105,27 @@ def file_guarded_domains(config: Config) -> Tuple[str, ...]:
 
 def shrunk_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str],
                    max_shrink: float) -> List[Shrink]:
-    """Domains (configured ones and their subdomains) whose key count would drop by more than
-    ``max_shrink`` (a fraction, 0 to 1; 1 never refuses): common.source_rules.loses_too_much.
-    A map file being rewritten in place (truncated, then written again) looks like this while it
-    is read half-way. A domain the new map catches whole (``@domain``) loses no valid user."""
+    """Domains (configured ones and their subdomains) whose valid addresses would drop by more
+    than ``max_shrink`` (a fraction, 0 to 1; 1 never refuses; the rule is
+    common.source_rules.loses_too_much). A map file being rewritten in place (truncated, then
+    written again) looks like this while it is read half-way.
+
+    Addresses are counted as keys; a new ``@domain`` catch-all never shrinks anything, and the
+    loss of an old one counts as losing every address (it accepted them all).
+    """
     if max_shrink >= 1:
         return []
     configured = tuple(domains)
     found = []
     for domain in sorted(old.domains()):
-        before = old.count(domain)
-        if not before or not _under(domain, configured):
+        if not _under(domain, configured) or domain in new.catch_all:
             continue
         after = new.count(domain)
-        if domain not in new.catch_all and loses_too_much(before, after, max_shrink):
+        if domain in old.catch_all:
+            found.append(Shrink(domain, None, after))
+            continue
+        before = old.count(domain)
+        if loses_too_much(before, after, max_shrink):
             found.append(Shrink(domain, before, after))
     return found
 
@@ -127,6 +148,9 @@ class PolicyService:
         self.primaries = primaries
         self.run_in_thread = run_in_thread
         self.observers: List[DecisionObserver] = []
+        #: called with the new configuration after each applied SIGHUP reload (the protocol
+        #: factory takes its connection limits from it)
+        self.reconfigured: List[ConfigListener] = []
         self._reloading: Optional[Deferred] = None
         self._reload_again = False
         self._map_check: Optional[LoopingCall] = None
@@ -202,6 +226,9 @@ class PolicyService:
         self.primaries.start()
         if self.scheduler is not None:
             self.scheduler.start(self.last_attempts())
+        self._start_map_check()
+
+    def _start_map_check(self) -> None:
         self._map_check = LoopingCall(self.check_maps)
         self._map_check.clock = self.reactor
         self._map_check.start(self.config.policyd.map_check_interval, now=False)
@@ -262,9 +289,13 @@ class PolicyService:
 
     def _apply_reload(self, loaded: Tuple[Config, LoadedMaps]) -> None:
         config, maps = loaded
-        if config.policyd.listen != self.config.policyd.listen:
-            self.log.warn("listen address changed to {new}: restart policyd to use it",
-                          new=str(config.policyd.listen))
+        old = self.config
+        restart = settings_needing_restart(old, config)
+        if restart:
+            self.log.warn("reload: {names} changed; restart policyd to use the new "
+                          "{values} (running with the old until then)",
+                          names=", ".join(f"[policyd] {name}" for name in restart),
+                          values="value" if len(restart) == 1 else "values")
         lost = lost_domains(self.maps.recipients, maps.recipients, config.domains)
         if lost:
             self.log.warn("reload: no recipient map lists {lost} any more: every recipient of "
@@ -284,6 +315,12 @@ class PolicyService:
             self.scheduler.configure(config, self.last_attempts())
         self._failed_signature = self._pending_signature = None
         self.held_back = ()
+        if (config.policyd.map_check_interval != old.policyd.map_check_interval
+                and self._map_check is not None and self._map_check.running):
+            self._map_check.stop()
+            self._start_map_check()
+        for listener in self.reconfigured:
+            listener(config)
         self.last_reload = (True, self.reactor.seconds())
         self.log.info("reloaded {path}: {domains} domains, {count} recipient keys",
                       path=config.path, domains=len(config.domains), count=len(maps.recipients))

@@ -22,6 +22,7 @@ from backupmx.admin.setup_checks import (
     check_flush_service,
     check_maps,
     check_milter,
+    check_notify,
     check_policy_service,
     check_queue_lifetime,
     check_restriction_bypass,
@@ -165,6 +166,7 @@ def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[s
         for domain, spec in config.domains.items():
             results += check_dns(domain, spec, dns[domain], hostname)
     results += check_maps(config, load or load_maps)
+    results += check_notify(config, postconf, lookup)
     return results
 
 

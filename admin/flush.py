@@ -15,7 +15,7 @@ import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from backupmx.admin.context import CommandContext
 from backupmx.admin.primaries import UP, PrimaryState
@@ -129,9 +129,11 @@ def check_flushable(ctx: CommandContext, domain: str) -> None:
 
 
 def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: float = DEFAULT_WAIT,
-                 trigger: str = "manual", report: Optional[PrimaryState] = None) -> FlushOutcome:
+                 trigger: str = "manual", report: Optional[PrimaryState] = None,
+                 if_held: bool = False) -> Optional[FlushOutcome]:
     """Flush one relay domain (the caller holds the flush lock). Raises FlushRefused before
-    anything changed; PostfixError, LedgerError, sqlite3.Error if a tool or the ledger fails."""
+    anything changed; PostfixError, LedgerError, sqlite3.Error if a tool or the ledger fails.
+    With ``if_held``, a domain holding nothing is not flushed at all (None; nothing recorded)."""
     spec = ctx.config.domains.get(domain)
     if spec is None:
         raise FlushRefused(f"{domain} is not a relay domain of {ctx.config.path} ([domains])")
@@ -145,6 +147,8 @@ def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: fl
     ledger = ctx.ledger()
     held_before = reconcile(ledger, snapshot(ctx), ctx.clock(), domain=domain,
                             relay_domains=ctx.config.domains).still_held.get(domain, 0)
+    if if_held and held_before == 0:
+        return None
     flush_id = ledger.start_flush(domain, trigger, force, report.status, held_before, ctx.clock())
     result = ctx.postfix.flush_domain(domain)
     if result.returncode != 0:
@@ -174,7 +178,16 @@ def wait_until_left(ctx: CommandContext, domain: str, flush_id: int, wait: float
 
 
 def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
-    """Flush every domain with held mail whose primary is up; exit status."""
+    """Flush every domain with held mail whose primary is up, then send the ``[notify]``
+    events now due (admin/notify.py); exit status (notifications never change it)."""
+    reports: Dict[str, PrimaryState] = {}
+    status = _flush_auto(ctx, wait, reports)
+    from backupmx.admin.notify import notify
+    notify(ctx, reports)
+    return status
+
+
+def _flush_auto(ctx: CommandContext, wait: float, reports: Dict[str, PrimaryState]) -> int:
     ledger = ctx.ledger()
     reconcile(ledger, snapshot(ctx), ctx.clock(), relay_domains=ctx.config.domains)
     summaries = ledger.summaries()
@@ -183,7 +196,7 @@ def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
     if not candidates:
         print("nothing held: nothing to flush", file=ctx.out)
         return EXIT_OK
-    reports = ctx.probe(candidates, ctx.probe_timeout)
+    reports.update(ctx.probe(candidates, ctx.probe_timeout))
     chosen = choose_auto(summaries, reports, ctx.config.domains)
     status = EXIT_OK
     for domain in sorted(candidates):
@@ -198,6 +211,7 @@ def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
             ctx.warn(str(refusal))
             status = EXIT_REFUSED
             continue
+        assert outcome is not None  # only if_held flushes return None
         print(outcome.describe(), file=ctx.out)
         if outcome.result == "failed":
             status = EXIT_REFUSED
@@ -218,6 +232,10 @@ def add_arguments(subparsers: Any) -> None:
                         help="flush every domain with held mail whose primary is up")
     parser.add_argument("--force", action="store_true",
                         help="flush even when the primary does not answer our probe")
+    parser.add_argument("--on-return", action="store_true",
+                        help="what policyd runs when the domain's primary is up again: do "
+                             "nothing when the domain holds no mail, record the flush with "
+                             "trigger 'return'")
     parser.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
                         help=f"how long to wait for the mail to leave (default {DEFAULT_WAIT:g})")
     parser.set_defaults(run=run)
@@ -226,13 +244,14 @@ def add_arguments(subparsers: Any) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     ctx = CommandContext.from_config(config)
     try:
-        return flush_command(ctx, args.domain, args.auto, args.force, max(0.0, args.wait))
+        return flush_command(ctx, args.domain, args.auto, args.force, max(0.0, args.wait),
+                             on_return=args.on_return and not args.auto)
     finally:
         ctx.close()
 
 
 def flush_command(ctx: CommandContext, domain: Optional[str], auto: bool, force: bool,
-                  wait: float) -> int:
+                  wait: float, on_return: bool = False) -> int:
     try:
         with flush_lock(lock_path(ctx.config.milter.ledger), None if auto else LOCK_WAIT,
                         ctx) as locked:
@@ -242,7 +261,12 @@ def flush_command(ctx: CommandContext, domain: Optional[str], auto: bool, force:
             if auto:
                 return flush_auto(ctx, wait)
             assert domain is not None
-            outcome = flush_domain(ctx, normalize_domain(domain), force, wait)
+            domain = normalize_domain(domain)
+            outcome = flush_domain(ctx, domain, force, wait,
+                                   trigger="return" if on_return else "manual", if_held=on_return)
+            if outcome is None:
+                print(f"{domain}: nothing held: nothing to flush", file=ctx.out)
+                return EXIT_OK
             print(outcome.describe(), file=ctx.out)
             return EXIT_OK if outcome.result != "failed" else EXIT_REFUSED
     except FlushRefused as refusal:

@@ -308,7 +308,8 @@ class PolicyService:
         self.primaries.configure(config.domains, config.policyd.probe_interval,
                                  config.policyd.probe_timeout,
                                  up_after=config.policyd.primary_up_after,
-                                 down_after=config.policyd.primary_down_after)
+                                 down_after=config.policyd.primary_down_after,
+                                 interval_down=config.policyd.probe_interval_down)
         self.primaries.probe_all()
         self._install(config, maps)
         if self.scheduler is not None:

@@ -69,11 +69,13 @@ def test_show_status_reconciles_and_prints_json(tmp_path: Path) -> None:
     postfix, clock = FakePostfix(), FakeClock(1000.0)
     ctx = make_context(tmp_path, postfix, ScriptedProber({"a.test": "up"}), clock)
     ledger = Ledger(ctx.config.milter.ledger)
-    ledger.record(record("Q1", received_at=900.0, size=300))
-    ledger.record(record("Q2", received_at=950.0, size=200, a_test="a@a.test", b_test="b@b.test"))
+    # sizes as the milter records them: no SIZE= (0), a declared SIZE= (190); the queue's
+    # message_size is the exact figure status shows
+    ledger.record(record("Q1", received_at=900.0, size=0))
+    ledger.record(record("Q2", received_at=950.0, size=190, a_test="a@a.test", b_test="b@b.test"))
     ledger.record(record("Q3", received_at=800.0, size=50))  # no longer queued
-    postfix.add("Q1", "alice@a.test")
-    postfix.add("Q2", "a@a.test", "b@b.test")
+    postfix.add("Q1", "alice@a.test", size=300)
+    postfix.add("Q2", "a@a.test", "b@b.test", size=200)
     assert show_status(ctx, as_json=True) == 0
     status = json.loads(ctx.out.getvalue())  # type: ignore[attr-defined]
     rows = {r["domain"]: r for r in status["domains"]}

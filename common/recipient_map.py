@@ -398,13 +398,10 @@ def load_recipient_map(paths: Iterable[str], delimiters: str = "",
                 pause()
         catch_all |= file_catch_all
         sources.append(path)
-    built: Dict[str, AbstractSet[str]]
-    if pause is None:
-        built = {domain: frozenset(locals_) for domain, locals_ in users.items()}
-    else:
-        # a reload in a worker thread keeps the sets: frozenset() of a domain with a million
-        # addresses copies it in one step that holds the GIL for about 100 ms
-        built = dict(users)
+    # the sets are kept as they are: frozenset() of a domain with a million addresses copies
+    # it in one step that holds the GIL for about 100 ms, and a mutable set can later be
+    # freed in small steps (release_in_steps)
+    built: Dict[str, AbstractSet[str]] = dict(users)
     return RecipientMap(
         users=built,
         catch_all=frozenset(catch_all),

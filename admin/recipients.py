@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, TextIO
@@ -110,8 +111,14 @@ def refresh_table(context: CommandContext) -> bool:
     return True
 
 
+#: the sync's CPU priority (nice): reading a million rows is background work that must not
+#: take the CPU from policyd's answers on a small machine
+SYNC_NICENESS = 10
+
+
 def run_sync(context: CommandContext, name: Optional[str], due: bool) -> int:
     config = context.config
+    os.nice(SYNC_NICENESS)
     if name is not None:
         one = _source(context, name, FETCH_TYPES)
         if one is None:

@@ -31,6 +31,7 @@ import map_load  # noqa: E402
 import servers  # noqa: E402
 import workload  # noqa: E402
 
+from backupmx.admin.recipients import SYNC_NICENESS  # noqa: E402
 from backupmx.common.config import load_config  # noqa: E402
 from backupmx.common.recipient_sources import store  # noqa: E402
 from backupmx.sources.sync import apply_rows  # noqa: E402
@@ -80,6 +81,9 @@ def main() -> int:
         print(f"import of {args.addresses:,} addresses over {len(domains)} domains: "
               f"{time.perf_counter() - started:.1f} s")
         sample = rows[::997]
+        # the imports below run at the priority of "backupmx recipients sync" (nice 10), so
+        # they do not take the CPU from policyd (started before, at normal priority)
+        niceness = SYNC_NICENESS
         policyd = servers.start_policyd(config_path, workdir, name="snap-bench")
         try:
             print(f"policyd RSS with the snapshot loaded: {rss_mib(policyd.process.pid):.0f} MiB")
@@ -89,6 +93,7 @@ def main() -> int:
             assert client.stdout is not None
             if client.stdout.readline().strip() != "running":
                 raise RuntimeError("client did not start")
+            os.nice(niceness)
             changed, written = [], []
             for serial in range(1, SWAPS + 1):
                 new_rows = addresses(args.addresses, domains,

@@ -347,6 +347,10 @@ def parse_recipient_lines(
 
 #: lines parsed between two pauses: about 4 ms of work
 PAUSE_EVERY = 2000
+#: addresses freed between two pauses when a replaced map is released
+RELEASE_STEP = 20_000
+#: larger domains stay mutable sets (see load_recipient_map)
+FREEZE_MAX = 5 * RELEASE_STEP
 
 
 def _pausing(lines: Iterable[str], pause: Callable[[], None]) -> Iterator[str]:
@@ -398,10 +402,17 @@ def load_recipient_map(paths: Iterable[str], delimiters: str = "",
                 pause()
         catch_all |= file_catch_all
         sources.append(path)
-    # the sets are kept as they are: frozenset() of a domain with a million addresses copies
-    # it in one step that holds the GIL for about 100 ms, and a mutable set can later be
-    # freed in small steps (release_in_steps)
-    built: Dict[str, AbstractSet[str]] = dict(users)
+    # A domain's set is frozen (a compact copy: a grown set keeps up to 4 times the slots it
+    # needs) unless it is larger than FREEZE_MAX: frozenset() of a domain with a million
+    # addresses copies it in one step that holds the GIL for about 100 ms, and a mutable set
+    # can later be freed in small steps (release_in_steps).
+    built: Dict[str, AbstractSet[str]] = {}
+    for domain in list(users):
+        locals_ = users.pop(domain)
+        built[domain] = frozenset(locals_) if len(locals_) <= FREEZE_MAX else locals_
+        del locals_
+        if pause is not None:
+            pause()
     return RecipientMap(
         users=built,
         catch_all=frozenset(catch_all),
@@ -413,8 +424,6 @@ def load_recipient_map(paths: Iterable[str], delimiters: str = "",
     )
 
 
-#: addresses freed between two pauses when a replaced map is released
-RELEASE_STEP = 20_000
 
 
 def release_in_steps(users: Dict[str, AbstractSet[str]], pause: Callable[[], None]) -> None:

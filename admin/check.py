@@ -153,9 +153,15 @@ def lookup_dns_blocking(nameserver: Optional[str], domains: Mapping[str, Primary
 
 def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[str],
                dns: Optional[Mapping[str, DomainDns]], hostname: str,
-               lookup: Any = None, load: Any = None) -> List[Result]:
-    """Every rule over already gathered facts (pure when ``load`` is a pure function)."""
+               lookup: Any = None, load: Any = None, states: Any = None,
+               now: Optional[float] = None) -> List[Result]:
+    """Every rule over already gathered facts (pure when ``load`` is a pure function and the
+    sources' ``states`` and ``now`` are given; else they are read now)."""
+    import time
+
+    from backupmx.admin.source_checks import check_recipient_table, check_sources
     from backupmx.common.maps import load_maps
+    from backupmx.common.recipient_sources import read_states
     results = check_domain_lists(list(config.domains), postconf, lookup)
     results += check_policy_service(config, postconf)
     results += check_restriction_bypass(config, postconf)
@@ -167,6 +173,9 @@ def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[s
             results += check_dns(domain, spec, dns[domain], hostname)
     results += check_maps(config, load or load_maps)
     results += check_notify(config, postconf, lookup)
+    results += check_recipient_table(config, postconf)
+    results += check_sources(config, read_states(config) if states is None else states,
+                             time.time() if now is None else now)
     return results
 
 

@@ -144,6 +144,8 @@ class PolicyService:
         run_in_thread: Callable[..., Deferred] = threads.deferToThread,
     ) -> None:
         self.log_decision = DecisionLog(self.log)
+        #: starts the recipient source syncs (policyd.recipient_sync.SyncScheduler), if any
+        self.scheduler: Optional[Any] = None
         self.reactor = reactor
         self.primaries = primaries
         self.run_in_thread = run_in_thread
@@ -160,8 +162,6 @@ class PolicyService:
         self._pending_signature: Optional[Signature] = None
         #: the domains whose shrink held back the last changed map (empty: none held back)
         self.held_back: Tuple[Shrink, ...] = ()
-        #: starts the recipient source syncs (policyd.recipient_sync.SyncScheduler), if any
-        self.scheduler: Optional[Any] = None
         # (succeeded, when) of the last reload attempt, for metrics; start counts as one.
         self.last_reload: Tuple[bool, float] = (True, reactor.seconds())
         self._install(config, maps)
@@ -198,6 +198,8 @@ class PolicyService:
         self.policy = build_policy(config, maps)
         self.source_states = dict(maps.states)
         self._note_staleness()
+        if self.scheduler is not None:
+            self.scheduler.refresh_table()
         if replaced:
             # The old map and policy are gone now; the sets live on only in `replaced`. A
             # thread of its own: nothing waits for it, and reloads keep their single job.
@@ -349,6 +351,8 @@ class PolicyService:
                           domain=domain)
         for domain in sorted(previous - stale):
             self.log.info("recipients of {domain} are fresh again", domain=domain)
+        if stale != previous and self.scheduler is not None:
+            self.scheduler.refresh_table()  # stale domains are "@domain" in the table
         self._stale = stale
 
     def _apply_freshness(self, fresh_until: Dict[str, float],

@@ -210,5 +210,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         dns = None if getattr(args, "no_dns", False) else lookup_dns_blocking(
             getattr(args, "nameserver", None), config.domains)
         results = run_checks(config, postconf, services, dns, hostname, table_lookup(postfix))
+    from backupmx.admin.fleet_check import check_fleet
+    results += check_fleet(config)
     print(render_json(results) if getattr(args, "json", False) else render_text(results))
     return 1 if any(r.status == FAIL for r in results) else 0

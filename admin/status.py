@@ -142,6 +142,14 @@ def render_table(status: Mapping[str, Any]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     text = "\n".join("  ".join([*(c.ljust(w) for c, w in zip(line, widths)), line[-1]]).rstrip()
                      for line in lines)
+    fleet = status.get("fleet")
+    if fleet:
+        last = fleet["last_push_seconds"]
+        text += (f"\nfleet push: last {'never' if last is None else _duration(last) + ' ago'}, "
+                 f"{fleet['pending_changes']} changes pending (lag "
+                 f"{_duration(fleet['lag_seconds'])})")
+        if fleet["last_error"]:
+            text += f"; last error: {fleet['last_error']}"
     notes = "".join(f"\nwarning: {w}" for w in status.get("warnings", []))
     return text + notes + "\n"
 
@@ -177,6 +185,12 @@ def collect_status(ctx: CommandContext, probe: bool = True) -> Dict[str, Any]:
     snapshots = recipient_snapshots(ctx.config, read_states(ctx.config), now)
     for row in status["domains"]:
         row["recipients"] = snapshots.get(row["domain"])
+    if ctx.config.fleet is not None:
+        from backupmx.admin.fleet import local_push_state
+        try:
+            status["fleet"] = local_push_state(ctx)
+        except (LedgerError, sqlite3.Error) as error:
+            warnings.append(f"fleet push state unknown: {error}")
     return status
 
 
@@ -188,6 +202,8 @@ def add_arguments(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--prometheus", action="store_true",
                         help="Prometheus text format (for node_exporter's textfile collector)")
+    parser.add_argument("--fleet", action="store_true",
+                        help="every host of the fleet ([fleet]), read from the fleet store")
     parser.add_argument("--no-probe", action="store_true",
                         help="do not probe the primaries (reported as unknown)")
     parser.set_defaults(run=run)
@@ -196,6 +212,8 @@ def add_arguments(subparsers: Any) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     ctx = CommandContext.from_config(config)
     try:
+        if getattr(args, "fleet", False):
+            return show_fleet_status(ctx, as_json=args.json)
         return show_status(ctx, as_json=args.json, probe=not args.no_probe,
                            as_prometheus=getattr(args, "prometheus", False))
     finally:
@@ -212,4 +230,27 @@ def show_status(ctx: CommandContext, as_json: bool = False, probe: bool = True,
         ctx.out.write(json.dumps(status, indent=2, sort_keys=False) + "\n")
     else:
         ctx.out.write(render_table(status))
+    return 0
+
+
+def show_fleet_status(ctx: CommandContext, as_json: bool = False) -> int:
+    """``status --fleet``: the fleet store's view; exit 1 with one line when it cannot be read."""
+    from backupmx.fleet.store import StoreError, connect
+    from backupmx.fleet.view import fleet_status, render_fleet_table
+    if ctx.config.fleet is None:
+        ctx.warn(f"status --fleet: no [fleet] section in {ctx.config.path}")
+        return 1
+    try:
+        pg = connect(ctx.config.fleet)
+        try:
+            status = fleet_status(pg)
+        finally:
+            pg.close()
+    except StoreError as error:
+        ctx.warn(f"status --fleet: {error}")
+        return 1
+    if as_json:
+        ctx.out.write(json.dumps(status, indent=2) + "\n")
+    else:
+        ctx.out.write(render_fleet_table(status))
     return 0

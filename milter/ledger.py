@@ -91,6 +91,47 @@ MIGRATIONS: Tuple[str, ...] = (
         bounce_warned_at REAL
     );
     """,
+    # 5 (fleet): the outbox of changes to push to the fleet store (backupmx.fleet). Triggers add
+    # one row per new (message, domain) row, per change of its state (or adoption) and of a
+    # message's details, and per flush event written, only while fleet_push.enabled (set by the
+    # first push), inside the writer's own transaction: nothing more on the SMTP path than one
+    # local INSERT per relay domain of the message. AUTOINCREMENT: sequence
+    # numbers are never reused, so the watermark in the fleet store stays meaningful. The token
+    # names this ledger in the store: a new ledger (its ids start again) or a second host with
+    # the same host_id is told apart from the ledger that pushed before.
+    """
+    CREATE TABLE fleet_push (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        enabled INTEGER NOT NULL DEFAULT 0,
+        pushed_seq INTEGER NOT NULL DEFAULT 0,
+        last_attempt_at REAL,
+        last_success_at REAL,
+        last_error TEXT NOT NULL DEFAULT '',
+        token TEXT NOT NULL DEFAULT (lower(hex(randomblob(16))))
+    );
+    INSERT INTO fleet_push (id) VALUES (1);
+    CREATE TABLE fleet_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL CHECK (kind IN ('message', 'flush')),
+        ref INTEGER NOT NULL,
+        queued_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
+    );
+    CREATE TRIGGER fleet_outbox_message AFTER INSERT ON message_domains
+        WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('message', NEW.message_id); END;
+    CREATE TRIGGER fleet_outbox_message_state AFTER UPDATE OF state, adopted_at
+        ON message_domains WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('message', NEW.message_id); END;
+    CREATE TRIGGER fleet_outbox_message_details AFTER UPDATE OF received_at, sender, size
+        ON messages WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('message', NEW.id); END;
+    CREATE TRIGGER fleet_outbox_flush AFTER INSERT ON flush_events
+        WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('flush', NEW.id); END;
+    CREATE TRIGGER fleet_outbox_flush_update AFTER UPDATE ON flush_events
+        WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('flush', NEW.id); END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 #: a milter record and an adopted row of the same queue id this close in time (seconds) are
@@ -183,7 +224,16 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def _statements(script: str) -> List[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The statements of a migration script; a ``;`` inside a trigger's BEGIN ... END does not
+    end its statement (sqlite3.complete_statement decides)."""
+    statements: List[str] = []
+    current = ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if current.strip(" \n;") and sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
 
 
 SYNC_LEVELS = {"normal": "NORMAL", "full": "FULL"}

@@ -79,8 +79,9 @@ def test_status_shows_the_push_lag(tmp_path: Path) -> None:
     outbox.enable(conn)
     ledger.record(record("Q1"))
     ledger.record(record("Q2"))
-    for queue_id in ("Q1", "Q2"):  # still queued: status's reconciliation only takes the
-        ctx.postfix.add(queue_id, "alice@a.test")  # type: ignore[attr-defined]  # sizes
+    # still queued: status's reconciliation only takes their sizes from the queue (2 changes)
+    for queue_id in ("Q1", "Q2"):
+        ctx.postfix.add(queue_id, "alice@a.test")  # type: ignore[attr-defined]
 
     conn.execute("UPDATE fleet_outbox SET queued_at = 940.0")
     outbox.record_failure(conn, "fleet store: connection refused", 990.0)

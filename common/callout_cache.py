@@ -250,6 +250,10 @@ class CalloutWriter:
     def put_check(self, check: DomainCheck) -> None:
         self._queue.put(lambda: self.store.put_check(check))
 
+    def forget(self, domain: str) -> None:
+        """Drop the domain's valid entries (its primary accepts every address)."""
+        self._queue.put(lambda: self.store.delete_before(domain, VALID, float("inf")))
+
     def flush(self) -> None:
         self._queue.join()
 

@@ -7,9 +7,9 @@ per address, then ``RSET`` and ``QUIT``; never ``DATA``. Each RCPT reply decides
 2xx valid, 5xx invalid, 4xx temporary (greylisting, a full mailbox, a busy server). RFC 5321
 section 4.5.3.1.10: a 552 to RCPT means "too many recipients" and is temporary too. After
 ``max_unknown`` invalid replies the session ends (Postfix primaries slow a client after 10
-errors); the addresses not asked are temporary. Any failure before RCPT (a non-220 greeting,
-MAIL FROM refused, 421, the connection lost or timed out) leaves every open address temporary:
-only a definite answer to RCPT ever says "invalid".
+errors); the addresses not asked yet are left in ``unasked`` for another session. Any failure
+before RCPT (a non-220 greeting, MAIL FROM refused, 421, the connection lost or timed out)
+leaves every open address temporary: only a definite answer to RCPT ever says "invalid".
 
 ``CalloutMachine`` does no I/O: the Twisted protocol (policyd.callout_protocol) feeds it whole
 replies and sends what it returns.
@@ -55,6 +55,8 @@ class CalloutMachine:
     state: str = GREETING
     results: Dict[str, Outcome] = field(default_factory=dict)
     tls_active: bool = False
+    #: addresses not asked because the session ended after max_unknown refusals
+    unasked: List[str] = field(default_factory=list)
     unknown: int = 0
     _next: int = 0
     _offered_tls: bool = False
@@ -102,8 +104,8 @@ class CalloutMachine:
             else:
                 self.results[address] = Outcome(TEMPORARY, text)
             if self.unknown >= self.max_unknown:
-                return self._finish(f"not asked: {self.max_unknown} unknown recipients in "
-                                    "this session")
+                self.unasked = list(self.addresses[self._next:])
+                return self._send(RSET, "RSET")
             return self._ask_next()
         if state == RSET:
             return self._send(QUIT, "QUIT")
@@ -140,10 +142,6 @@ class CalloutMachine:
         self._next += 1
         return self._send(RCPT, f"RCPT TO:<{address}>")
 
-    def _finish(self, why: str) -> Step:
-        self._mark_open(why)
-        return self._send(RSET, "RSET")
-
     def _give_up(self, why: str, polite: bool = True) -> Step:
         self._mark_open(why)
         if polite:
@@ -153,7 +151,7 @@ class CalloutMachine:
 
     def _mark_open(self, why: str) -> None:
         for address in self.addresses:
-            if address not in self.results:
+            if address not in self.results and address not in self.unasked:
                 self.results[address] = Outcome(TEMPORARY, why)
 
     @property

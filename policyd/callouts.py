@@ -134,6 +134,7 @@ class CalloutEngine:
         self._retry: TTLCache = TTLCache(maxsize=100_000, ttl=RETRY_AFTER,
                                          timer=reactor.seconds)
         self._kicks: Dict[str, Any] = {}
+        self._idle_waiters: List[defer.Deferred] = []
         self._timer: Optional[LoopingCall] = None
         #: (domain, result) -> callouts; result valid / invalid / temporary
         self.results: Counter = Counter()
@@ -326,6 +327,10 @@ class CalloutEngine:
         domain = entry.domain
         self.limits.closed(domain)
         self._in_flight.difference_update(machine.addresses)
+        if machine.unasked:  # the session ended after max_unknown refusals: next session
+            queue = self._queues.setdefault(domain, deque())
+            queue.extendleft(reversed(machine.unasked))
+            self._queued.update(machine.unasked)
         now = self.reactor.seconds()
         results = dict(machine.results)
         if probe is not None:
@@ -361,7 +366,28 @@ class CalloutEngine:
                 entries.append(kept)
         if entries:
             self.writer.put(entries)
-        self._kick(domain)
+        if self._queues.get(domain):
+            self._kick(domain)
+        self._tell_idle()
+
+    def busy(self) -> bool:
+        """True while a session is open or an address waits."""
+        return bool(self._in_flight or any(self._queues.values()) or
+                    any(c.active() for c in self._kicks.values()))
+
+    def when_idle(self) -> defer.Deferred:
+        """A Deferred firing once no session is open and no address waits (tests, shutdown)."""
+        if not self.busy():
+            return defer.succeed(None)
+        waiter: defer.Deferred = defer.Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def _tell_idle(self) -> None:
+        if self._idle_waiters and not self.busy():
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def _found_accept_all(self, domain: str, now: float, reply: str) -> None:
         was = self.accept_all(domain)
@@ -372,6 +398,7 @@ class CalloutEngine:
         self.writer.forget(domain)
         for address in self._queues.pop(domain, ()):
             self._queued.discard(address)
+        self._tell_idle()
         if not was:
             self.log.warn("callouts for {domain} stop: its primary accepted the random address "
                           "(it accepts every recipient, so callouts prove nothing); the domain "

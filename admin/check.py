@@ -11,6 +11,7 @@ import ipaddress
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from backupmx.admin.callouts import check_callouts, read_cache
 from backupmx.admin.setup_checks import (
     FAIL,
     OK,
@@ -165,6 +166,9 @@ def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[s
         for domain, spec in config.domains.items():
             results += check_dns(domain, spec, dns[domain], hostname)
     results += check_maps(config, load or load_maps)
+    if any(source.type == "callout" for source in config.sources):
+        _, checks, error = read_cache(config)  # policyd's callout cache, read-only
+        results += check_callouts(config, checks, error)
     return results
 
 

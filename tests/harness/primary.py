@@ -3,12 +3,14 @@
 By default it accepts every recipient (an accept-all primary). Given ``users`` (addresses, any
 case) it refuses the others at RCPT with ``550 5.1.1``; with ``greylist`` the first RCPT of each
 address gets ``450 4.7.1`` and later ones the normal answer; with ``hang`` it greets and then
-never answers anything. Every RCPT it is asked is remembered in ``rcpts`` (sender, address,
-reply code): a recipient callout is a RCPT with the null sender that is never followed by DATA.
+never answers anything; with ``tls_context`` set it offers STARTTLS. Every RCPT it is asked
+is remembered in ``rcpts`` (sender, address, reply code; ``encrypted`` says which were inside
+TLS): a recipient callout is a RCPT with the null sender that is never followed by DATA.
 """
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from typing import Iterable, List, Optional, Set, Tuple
 
@@ -36,7 +38,8 @@ class _Collector:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
         reply = self.primary.rcpt_reply(address)
-        self.primary.asked(envelope.mail_from or "", address, int(reply[:3]))
+        self.primary.asked(envelope.mail_from or "", address, int(reply[:3]),
+                           session.ssl is not None)
         if reply.startswith("250"):
             envelope.rcpt_tos.append(address)
         return reply
@@ -55,6 +58,10 @@ class FakePrimary:
         self.port = port
         self.messages: List[Message] = []
         self.rcpts: List[Rcpt] = []
+        #: per entry of rcpts: whether it was asked inside TLS (STARTTLS)
+        self.encrypted: List[bool] = []
+        #: an ssl.SSLContext: offer STARTTLS with it (set before start())
+        self.tls_context: Optional[ssl.SSLContext] = None
         self.users: Optional[Set[str]] = None if users is None else {u.lower() for u in users}
         self.greylist = False
         self.hang = False
@@ -76,9 +83,10 @@ class FakePrimary:
             return "550 5.1.1 <{}>: Recipient address rejected: User unknown".format(address)
         return "250 2.1.5 Ok"
 
-    def asked(self, sender: str, address: str, code: int) -> None:
+    def asked(self, sender: str, address: str, code: int, encrypted: bool = False) -> None:
         with self._arrived:
             self.rcpts.append((sender, address, code))
+            self.encrypted.append(encrypted)
             self._arrived.notify_all()
 
     def callouts(self) -> List[Rcpt]:
@@ -105,7 +113,7 @@ class FakePrimary:
     def start(self) -> None:
         if self._controller is None:
             controller = Controller(_Collector(self), hostname=self.host, port=self.port,
-                                    ready_timeout=10)
+                                    ready_timeout=10, tls_context=self.tls_context)
             controller.start()
             self._controller = controller
 

@@ -5,6 +5,9 @@ free port in a thread of its own; tests wait on the engine's Deferreds, never on
 """
 from __future__ import annotations
 
+import os
+import ssl
+import subprocess
 from typing import Any, List
 
 from twisted.internet import defer, reactor
@@ -15,6 +18,7 @@ from backupmx.common.callout_rules import INVALID, NEGATIVE, POSITIVE, VALID, En
 from backupmx.common.config import PrimarySpec
 from backupmx.common.smtp_probe import PrimaryState
 from backupmx.common.source_settings import CalloutSettings
+from backupmx.policyd.callout_protocol import tls_context
 from backupmx.policyd.callouts import CalloutDomain, CalloutEngine, lifetimes_of
 from tests.harness.postfix import free_port
 from tests.harness.primary import FakePrimary
@@ -131,6 +135,26 @@ class CalloutEngineTest(unittest.TestCase):
         engine.request(DOMAIN, "alice@example.test", CLIENT, reactor.seconds())
         yield engine.when_idle()
         assert self.writer.entries == [] and engine.results[(DOMAIN, "temporary")] == 1
+
+    @defer.inlineCallbacks
+    def test_starttls_when_the_primary_offers_it(self) -> Any:
+        folder = self.mktemp()
+        os.makedirs(folder)
+        key, cert = os.path.join(folder, "key.pem"), os.path.join(folder, "cert.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
+                        "1", "-subj", "/CN=primary.example.test", "-keyout", key, "-out", cert],
+                       check=True, capture_output=True)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        primary = self.start_primary(users=["alice@example.test"], tls_context=context)
+        engine = self.engine(primary)
+        engine.tls = tls_context()
+        assert engine.tls is not None
+        engine.request(DOMAIN, "alice@example.test", CLIENT, reactor.seconds())
+        yield engine.when_idle()
+        # a self-signed certificate: opportunistic TLS encrypts without verifying it
+        assert primary.encrypted and all(primary.encrypted)
+        assert engine.verdict(DOMAIN, "alice@example.test", reactor.seconds()).status == POSITIVE
 
     @defer.inlineCallbacks
     def test_dictionary_burst_from_one_client_is_capped(self) -> Any:

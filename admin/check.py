@@ -11,6 +11,7 @@ import ipaddress
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from backupmx.admin.callouts import check_callouts, read_cache
 from backupmx.admin.setup_checks import (
     FAIL,
     OK,
@@ -176,6 +177,9 @@ def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[s
     results += check_recipient_table(config, postconf)
     results += check_sources(config, read_states(config) if states is None else states,
                              time.time() if now is None else now)
+    if any(source.type == "callout" for source in config.sources):
+        _, checks, error = read_cache(config)  # policyd's callout cache, read-only
+        results += check_callouts(config, checks, error)
     return results
 
 

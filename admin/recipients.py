@@ -23,13 +23,14 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
+from backupmx.admin.callouts import callout_rows
 from backupmx.admin.context import CommandContext
 from backupmx.common.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from backupmx.common.config import Config
 from backupmx.common.maps import load_recipients
 from backupmx.common.postfix import PostfixError
 from backupmx.common.recipient_map import MapError, load_recipient_map
-from backupmx.common.recipient_sources import store
+from backupmx.common.recipient_sources import callout_domains, store
 from backupmx.common.recipient_table import table_lines, write_table
 from backupmx.common.source_settings import FileSettings, SourceSettings
 from backupmx.sources import FETCH_TYPES, require_driver
@@ -101,7 +102,8 @@ def refresh_table(context: CommandContext) -> bool:
         return True
     try:
         recipients, fresh = load_recipients(context.config)
-        lines = table_lines(recipients, context.config.domains, fresh, context.clock())
+        lines = table_lines(recipients, context.config.domains, fresh, context.clock(),
+                            callout_domains(context.config))
         if write_table(path, lines, context.postfix):
             print(f"backupmx: recipient table {path} written: {len(lines)} keys",
                   file=context.err)
@@ -207,9 +209,13 @@ def recipient_status(config: Config, now: float) -> Dict[str, Any]:
     "held_back_change"}]}]}``; times in Unix seconds, null when never."""
     snapshots = store(config)
     rows: List[Dict[str, Any]] = []
+    callouts = {row["name"]: row for row in callout_rows(config)}
     for source in config.sources:
         if isinstance(source.driver, FileSettings):
             rows.append(_file_status(source, source.driver.path, config))
+            continue
+        if source.name in callouts:
+            rows.append(callouts[source.name])
             continue
         state = snapshots.read_state(source.name, source.type)
         domains = []
@@ -261,6 +267,17 @@ def _when(value: Optional[float], now: float) -> str:
            f"({max(0, int(now - value))} s ago)"
 
 
+def _print_callout(row: Dict[str, Any], now: float, out: Any) -> None:
+    print(f"{row['name']} (callout): verification by the primary MX", file=out)
+    if row["last_error"]:
+        print(f"  last error: {row['last_error']}", file=out)
+    for domain in row["domains"]:
+        state = ("OFF: the primary accepts every address" if domain["accept_all"] else
+                 "on" if domain["accept_all"] is not None else "on, accept-all not checked yet")
+        print(f"  {domain['domain']}: {domain['valid']} valid, {domain['invalid']} invalid "
+              f"cached; callouts {state}", file=out)
+
+
 def run_status(context: CommandContext, as_json: bool) -> int:
     now = context.clock()
     document = recipient_status(context.config, now)
@@ -272,6 +289,9 @@ def run_status(context: CommandContext, as_json: bool) -> int:
     if not document["sources"]:
         print("no recipient sources configured", file=out)
     for row in document["sources"]:
+        if row["type"] == "callout":
+            _print_callout(row, now, out)
+            continue
         print(f"{row['name']} ({row['type']}): last success {_when(row['last_success'], now)}, "
               f"last attempt {_when(row['last_attempt'], now)}", file=out)
         if row["last_error"]:

@@ -78,7 +78,50 @@ def _state_of(service: Any, factory: Any, counts: DecisionCounts, now: float) ->
         "held_back": len(service.held_back),
         "sources": dict(getattr(service, "source_states", {})),
         "fresh_until": dict(service.policy.fresh_until),
+        "callouts": _callout_state(getattr(service, "callouts", None)),
     }
+
+
+def _callout_state(engine: Any) -> Optional[Dict[str, Any]]:
+    """The callout engine's counts (policyd.callouts.CalloutEngine), or None without one."""
+    if engine is None:
+        return None
+    return {
+        "results": dict(engine.results),
+        "skipped": dict(engine.skipped),
+        "sessions": dict(engine.sessions),
+        "cache": engine.cache_sizes(),
+        "accept_all": {domain: engine.accept_all(domain) for domain in engine.setup},
+    }
+
+
+def _callout_families(data: Dict[str, Any]) -> Iterator[Any]:
+    results = CounterMetricFamily("backupmx_callouts", "Recipient callouts by relay domain "
+                                  "and result (valid, invalid, temporary, accept_all_check)",
+                                  labels=["domain", "result"])
+    for (domain, result), value in sorted(data["results"].items()):
+        results.add_metric([domain, result], value)
+    skipped = CounterMetricFamily("backupmx_callouts_skipped", "Recipients not verified with "
+                                  "a callout, by relay domain and reason (domain_rate, "
+                                  "client_rate, pending, retry_later, accept_all, queue_full)",
+                                  labels=["domain", "reason"])
+    for (domain, reason), value in sorted(data["skipped"].items()):
+        skipped.add_metric([domain, reason], value)
+    sessions = CounterMetricFamily("backupmx_callout_sessions", "Callout sessions opened to "
+                                   "the primary MX", labels=["domain"])
+    for domain, value in sorted(data["sessions"].items()):
+        sessions.add_metric([domain], value)
+    cache = GaugeMetricFamily("backupmx_callout_cache_entries", "Cached callout results by "
+                              "relay domain and status (valid, invalid)",
+                              labels=["domain", "status"])
+    for (domain, status), value in sorted(data["cache"].items()):
+        cache.add_metric([domain, status], value)
+    accept_all = GaugeMetricFamily("backupmx_callout_accept_all", "1 while callouts for the "
+                                   "domain are off because its primary accepted a random "
+                                   "address, else 0", labels=["domain"])
+    for domain, value in sorted(data["accept_all"].items()):
+        accept_all.add_metric([domain], 1.0 if value else 0.0)
+    yield from (results, skipped, sessions, cache, accept_all)
 
 
 class PolicydCollector:
@@ -140,6 +183,8 @@ class PolicydCollector:
         yield GaugeMetricFamily("backupmx_reload_timestamp_seconds",
                                 "When the last reload was attempted", value=when)
         yield from source_families(data["sources"], data["fresh_until"], now)
+        if data["callouts"] is not None:
+            yield from _callout_families(data["callouts"])
 
 
 def source_families(sources: Dict[str, Any], fresh_until: Dict[str, float],

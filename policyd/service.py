@@ -162,6 +162,8 @@ class PolicyService:
         self._pending_signature: Optional[Signature] = None
         #: the domains whose shrink held back the last changed map (empty: none held back)
         self.held_back: Tuple[Shrink, ...] = ()
+        #: recipient callouts (policyd.callouts.CalloutEngine), when a callout source exists
+        self.callouts: Optional[Any] = None
         # (succeeded, when) of the last reload attempt, for metrics; start counts as one.
         self.last_reload: Tuple[bool, float] = (True, reactor.seconds())
         self._install(config, maps)
@@ -169,7 +171,13 @@ class PolicyService:
     # ---- request path ----------------------------------------------------------------------
 
     def respond(self, request: Request) -> str:
-        decision = decide(request, self.policy, self.primaries, self.reactor.seconds())
+        now = self.reactor.seconds()
+        callouts = self.callouts
+        decision = decide(request, self.policy, self.primaries, now, callouts)
+        if decision.verify is not None and callouts is not None and decision.domain:
+            # after deciding, never waiting: request() only queues the callout
+            callouts.request(decision.domain, decision.verify,
+                             request.get("client_address", ""), now)
         if decision.intervenes:
             self.log_decision(request, decision)
         elif decision.outcome == "unmapped_domain":
@@ -226,6 +234,8 @@ class PolicyService:
 
     def start(self) -> None:
         self.primaries.start()
+        if self.callouts is not None:
+            self.callouts.start()
         if self.scheduler is not None:
             self.scheduler.start(self.last_attempts())
         self._start_map_check()
@@ -237,6 +247,8 @@ class PolicyService:
 
     def stop(self) -> None:
         self.primaries.stop()
+        if self.callouts is not None:
+            self.callouts.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
         if self._map_check is not None and self._map_check.running:
@@ -316,6 +328,7 @@ class PolicyService:
         self._install(config, maps)
         if self.scheduler is not None:
             self.scheduler.configure(config, self.last_attempts())
+        self._configure_callouts(config)
         self._failed_signature = self._pending_signature = None
         self.held_back = ()
         if (config.policyd.map_check_interval != old.policyd.map_check_interval
@@ -327,6 +340,15 @@ class PolicyService:
         self.last_reload = (True, self.reactor.seconds())
         self.log.info("reloaded {path}: {domains} domains, {count} recipient keys",
                       path=config.path, domains=len(config.domains), count=len(maps.recipients))
+
+    def _configure_callouts(self, config: Config) -> None:
+        from backupmx.policyd.callouts import callout_setup
+        setup = callout_setup(config)
+        if self.callouts is not None:
+            self.callouts.configure(setup)
+        elif setup:
+            self.log.warn("reload: callout sources for {domains} take effect after a restart "
+                          "of policyd", domains=", ".join(sorted(setup)))
 
     def _reload_failed(self, failure: Any) -> None:
         failure.trap(ConfigError, MapError)

@@ -177,11 +177,17 @@ def wait_until_left(ctx: CommandContext, domain: str, flush_id: int, wait: float
         ctx.sleep(POLL_INTERVAL)
 
 
-def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
+def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT,
+               probed: Optional[Dict[str, PrimaryState]] = None) -> int:
     """Flush every domain with held mail whose primary is up, then send the ``[notify]``
-    events now due (admin/notify.py); exit status (notifications never change it)."""
+    events now due (admin/notify.py); exit status (notifications never change it).
+
+    With [fleet] every configured primary is probed (the push reports them all; the reactor
+    runs once per process) and the reports are left in ``probed`` for it."""
     reports: Dict[str, PrimaryState] = {}
     status = _flush_auto(ctx, wait, reports)
+    if probed is not None:
+        probed.update(reports)
     from backupmx.admin.notify import notify
     notify(ctx, reports)
     return status
@@ -193,10 +199,11 @@ def _flush_auto(ctx: CommandContext, wait: float, reports: Dict[str, PrimaryStat
     summaries = ledger.summaries()
     candidates = {d: ctx.config.domains[d] for d, s in summaries.items()
                   if d in ctx.config.domains and s.held_messages > 0}
+    to_probe = ctx.config.domains if ctx.config.fleet is not None else candidates
+    reports.update(ctx.probe(to_probe, ctx.probe_timeout) if to_probe else {})
     if not candidates:
         print("nothing held: nothing to flush", file=ctx.out)
         return EXIT_OK
-    reports.update(ctx.probe(candidates, ctx.probe_timeout))
     chosen = choose_auto(summaries, reports, ctx.config.domains)
     status = EXIT_OK
     for domain in sorted(candidates):
@@ -218,6 +225,44 @@ def _flush_auto(ctx: CommandContext, wait: float, reports: Dict[str, PrimaryStat
     return status
 
 
+def after_auto(ctx: CommandContext, probed: Dict[str, PrimaryState]) -> None:
+    """The end of every ``flush --auto`` run: the fleet push (a failed push is only warned
+    about: flushing never depends on the fleet store), or dropping a leftover outbox."""
+    from backupmx.admin import fleet
+    if ctx.config.fleet is None:
+        fleet.stop_recording(ctx)
+        return
+    fleet.lower_priority()  # the flushing is done; the push is background work
+    result = fleet.run_push(ctx, probed, reconciled=False)
+    if result is not None:
+        print(result.describe(), file=ctx.out)
+
+
+def request_fleet_flush(ctx: CommandContext, domain: str, force: bool, wait: float) -> int:
+    """``flush DOMAIN --fleet``: record the request every host carries out at its next push."""
+    from backupmx.admin import fleet as fleet_command
+    from backupmx.fleet import requests
+    from backupmx.fleet.schema import require_current
+    from backupmx.fleet.store import StoreError, connect
+    try:
+        settings = fleet_command.fleet_settings(ctx)
+        me = fleet_command.host_id(ctx)
+        pg = connect(settings)
+        try:
+            require_current(pg)
+            pg.commit()
+            request_id = requests.record(pg, domain, me, force, wait)
+        finally:
+            pg.close()
+    except (fleet_command.FleetUnavailable, StoreError) as error:
+        ctx.warn(f"flush --fleet: {error}")
+        return EXIT_REFUSED
+    print(f"{domain}: fleet flush request #{request_id} recorded: every host flushes it at its "
+          f"next push (within about {settings.push_interval:g} s); backupmx status --fleet "
+          f"shows each host's result", file=ctx.out)
+    return EXIT_OK
+
+
 # ---- command line -----------------------------------------------------------------------------
 
 def add_arguments(subparsers: Any) -> None:
@@ -236,6 +281,9 @@ def add_arguments(subparsers: Any) -> None:
                         help="what policyd runs when the domain's primary is up again: do "
                              "nothing when the domain holds no mail, record the flush with "
                              "trigger 'return'")
+    parser.add_argument("--fleet", action="store_true",
+                        help="ask every host of the fleet ([fleet]) to flush DOMAIN at its next "
+                             "push, instead of flushing here now")
     parser.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
                         help=f"how long to wait for the mail to leave (default {DEFAULT_WAIT:g})")
     parser.set_defaults(run=run)
@@ -244,6 +292,12 @@ def add_arguments(subparsers: Any) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     ctx = CommandContext.from_config(config)
     try:
+        if getattr(args, "fleet", False):
+            if args.auto:
+                ctx.warn("flush: --fleet takes a DOMAIN, not --auto")
+                return EXIT_REFUSED
+            return request_fleet_flush(ctx, normalize_domain(args.domain), args.force,
+                                       max(0.0, args.wait))
         return flush_command(ctx, args.domain, args.auto, args.force, max(0.0, args.wait),
                              on_return=args.on_return and not args.auto)
     finally:
@@ -259,7 +313,11 @@ def flush_command(ctx: CommandContext, domain: Optional[str], auto: bool, force:
                 print("another flush is running: nothing done", file=ctx.out)
                 return EXIT_OK if auto else EXIT_REFUSED
             if auto:
-                return flush_auto(ctx, wait)
+                probed: Dict[str, PrimaryState] = {}
+                try:
+                    return flush_auto(ctx, wait, probed)
+                finally:
+                    after_auto(ctx, probed)
             assert domain is not None
             domain = normalize_domain(domain)
             outcome = flush_domain(ctx, domain, force, wait,

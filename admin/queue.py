@@ -204,14 +204,16 @@ def adoption_candidates(snapshot: QueueSnapshot, rows: Sequence[HeldRow],
     """
     held: Set[Tuple[str, str]] = {(row.queue_id, row.domain) for row in rows}
     found: Dict[str, Dict[str, Tuple[str, ...]]] = {}
+    # with ``only``, the rows are that domain's: look at no other domain's mail at all
+    scope: Collection[str] = relay_domains if only is None else {only}
     # domain set -> (its relay domains, all of them configured as such): equal sets are one
     # object in a snapshot from_text, so this runs once per distinct set, not per message
     relay_of: Dict[FrozenSet[str], Tuple[Tuple[str, ...], bool]] = {}
     for queue_id, domains in snapshot.domains_by_id.items():
         known = relay_of.get(domains)
         if known is None:
-            relay = tuple(d for d in domains if _is_relay(d, relay_domains))
-            known = relay_of[domains] = (relay, all(d in relay_domains for d in relay))
+            relay = tuple(d for d in domains if _is_relay(d, scope))
+            known = relay_of[domains] = (relay, all(d in scope for d in relay))
         relay, exact = known
         if not relay:
             continue

@@ -426,8 +426,9 @@ def check_maps(config: Config, load: Callable[[Config], "LoadedMaps"]) -> List[R
                       + (", sender networks parse" if config.policyd.sender_networks else ""))]
     for warning in getattr(maps, "warnings", ()):
         results.append(Result("maps", WARN, warning, "edit the named file as the warning says"))
+    verified = {d for s in config.sources if s.type == "callout" for d in s.domains}
     for domain in config.domains:
-        if not recipients.covers(domain):
+        if not recipients.covers(domain) and domain not in verified:
             results.append(Result("maps", WARN, f"no recipient map covers {domain}: every "
                                   "recipient of it is accepted and may bounce later",
                                   f"add user@{domain} lines (or @{domain}) to a recipients file"))

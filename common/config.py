@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from backupmx.common.listen import ListenAddress, optional_listen, parse_host_port, parse_listen
+from backupmx.common.postfix_values import parse_time
 from backupmx.common.source_settings import (
     FileSettings,
     SourceSettings,
@@ -112,6 +113,17 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """``[fleet]``: the shared PostgreSQL store of a fleet of backup MXes (optional section)."""
+
+    database: str  # libpq URI (postgresql://...) or conninfo (key=value ...)
+    password_file: Optional[str]
+    host_id: Optional[str]  # None: Postfix's myhostname, asked when the fleet is used
+    push_interval: float  # seconds between pushes (the flush timer's period)
+    retention: int  # seconds a delivered message's rows are kept, locally and in the store
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     policyd: PolicydConfig
@@ -120,6 +132,7 @@ class Config:
     domains: Mapping[str, PrimarySpec] = field(default_factory=dict)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
 
+    fleet: Optional[FleetConfig] = None  # None: no [fleet] section
     #: every recipient source: the [policyd] recipients files first (type file, named by their
     #: path, speaking for every domain), then the [recipients NAME] sections in file order
     sources: Tuple[SourceSettings, ...] = ()
@@ -152,6 +165,39 @@ def _user_name(text: str) -> Optional[str]:
     if text and not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?", text):
         raise ValueError(f"{text!r} is not a user name")
     return text or None
+
+
+def _database(text: str) -> str:
+    """A libpq connection string: a URI or key=value conninfo (checked by psycopg when used)."""
+    if not text:
+        return ""  # required when [fleet] is written: parse_config says so
+    if "://" in text and not re.match(r"postgres(ql)?://", text):
+        raise ValueError(f"{text!r} is not a postgresql:// URI")
+    if "://" not in text and "=" not in text:
+        raise ValueError(f"{text!r} is neither a postgresql:// URI nor key=value conninfo")
+    if re.search(r"(^|\s)password\s*=|://[^/@]*:[^/@]*@", text):
+        raise ValueError("holds a password: put it in password_file instead")
+    return text
+
+
+def _host_id(text: str) -> Optional[str]:
+    if not text:
+        return None
+    try:
+        return domain_name(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a host name") from None
+
+
+def _retention(text: str) -> int:
+    """Postfix time syntax, days when no unit: 30, 30d, 2w, 12h (parse_time)."""
+    try:
+        seconds = parse_time(text, default_unit="d")
+    except ValueError as error:
+        raise ValueError(f"{text!r} is not a time (30d, 2w, 12h): {error}") from None
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be positive")
+    return seconds
 
 
 def _primary(text: str) -> PrimarySpec:
@@ -209,7 +255,15 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
         "repeat": (postfix_duration, "24h"),
         "bounce_warning": (postfix_duration, "24h"),
     },
+    "fleet": {
+        "database": (_database, ""),
+        "password_file": (_optional_path, ""),
+        "host_id": (_host_id, ""),
+        "push_interval": (positive_seconds, "60"),
+        "retention": (_retention, "30d"),
+    },
 }
+OPTIONAL_SECTIONS = ("fleet",)  # present only when written; the others always have defaults
 #: a section "[recipients NAME]" (any NAME) is one recipient source: backupmx.common.source_settings
 SOURCE_SECTION = "recipients "
 
@@ -307,6 +361,14 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         milter["journal"] = f"{milter['ledger']}.journal"
     domains = _domains(path, sections.get("domains", {}))
     recipient_files: Tuple[str, ...] = policyd["recipients"]  # type: ignore[assignment]
+    fleet = None
+    if "fleet" in sections:
+        values = _section_values(path, "fleet", sections["fleet"])
+        if not values["database"]:
+            raise ConfigError(f"{path}:{headers.get('fleet')}: [fleet] database: is required: "
+                              f"a libpq URI "
+                              f"(postgresql://...) or conninfo (host=... dbname=...)")
+        fleet = FleetConfig(**values)  # type: ignore[arg-type]  # values typed by SCHEMA parsers
     return Config(
         path=path,
         policyd=PolicydConfig(**policyd),  # type: ignore[arg-type]  # values typed by SCHEMA parsers
@@ -315,6 +377,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         domains=domains,
         notify=NotifyConfig(**notify),  # type: ignore[arg-type]  # (ditto)
         sources=_sources(path, recipient_files, sections, headers, domains),
+        fleet=fleet,
     )
 
 

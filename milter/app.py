@@ -32,21 +32,35 @@ NO_CONTENT = Milter.P_NOHDRS | Milter.P_NOEOH | Milter.P_NOBODY
 log = logging.getLogger("backupmx.milter")
 
 
-@dataclass(frozen=True)
+@dataclass
 class MilterSettings:
     """What every connection's milter shares: the ledger (``record(MessageRecord)``), the
-    relay domains (lower-case) and the clock (Unix seconds)."""
+    relay domains (lower-case) and the clock (Unix seconds).
+
+    ``domains`` is replaced whole (one assignment) when the configuration file changes
+    (config_watch.ConfigWatcher); each message reads it once, at end of message.
+    """
 
     ledger: Any
     domains: FrozenSet[str]
     clock: Callable[[], float] = time.time
 
 
+class MilterFactory:
+    """What ``Milter.factory`` must be: a callable making one LedgerMilter per connection,
+    all sharing ``settings``."""
+
+    def __init__(self, settings: MilterSettings) -> None:
+        self.settings = settings
+
+    def __call__(self) -> "LedgerMilter":
+        return LedgerMilter(self.settings)
+
+
 def milter_factory(ledger: Any, domains: Collection[str],
-                   clock: Callable[[], float] = time.time) -> Callable[[], "LedgerMilter"]:
-    """What ``Milter.factory`` must be: a callable making one LedgerMilter per connection."""
-    settings = MilterSettings(ledger, frozenset(d.lower() for d in domains), clock)
-    return lambda: LedgerMilter(settings)
+                   clock: Callable[[], float] = time.time) -> MilterFactory:
+    """The factory for a ledger and relay domains (any case)."""
+    return MilterFactory(MilterSettings(ledger, frozenset(d.lower() for d in domains), clock))
 
 
 class LedgerMilter(Milter.Base):

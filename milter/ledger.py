@@ -91,8 +91,52 @@ MIGRATIONS: Tuple[str, ...] = (
         bounce_warned_at REAL
     );
     """,
+    # 5 (fleet): the outbox of changes to push to the fleet store (backupmx.fleet). Triggers add
+    # one row per new (message, domain) row, per change of its state (or adoption) and of a
+    # message's details, and per flush event written, only while fleet_push.enabled (set by the
+    # first push), inside the writer's own transaction: nothing more on the SMTP path than one
+    # local INSERT per relay domain of the message. AUTOINCREMENT: sequence
+    # numbers are never reused, so the watermark in the fleet store stays meaningful. The token
+    # names this ledger in the store: a new ledger (its ids start again) or a second host with
+    # the same host_id is told apart from the ledger that pushed before.
+    """
+    CREATE TABLE fleet_push (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        enabled INTEGER NOT NULL DEFAULT 0,
+        pushed_seq INTEGER NOT NULL DEFAULT 0,
+        last_attempt_at REAL,
+        last_success_at REAL,
+        last_error TEXT NOT NULL DEFAULT '',
+        token TEXT NOT NULL DEFAULT (lower(hex(randomblob(16))))
+    );
+    INSERT INTO fleet_push (id) VALUES (1);
+    CREATE TABLE fleet_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL CHECK (kind IN ('message', 'flush')),
+        ref INTEGER NOT NULL,
+        queued_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
+    );
+    CREATE TRIGGER fleet_outbox_message AFTER INSERT ON message_domains
+        WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('message', NEW.message_id); END;
+    CREATE TRIGGER fleet_outbox_message_state AFTER UPDATE OF state, adopted_at
+        ON message_domains WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('message', NEW.message_id); END;
+    CREATE TRIGGER fleet_outbox_message_details AFTER UPDATE OF received_at, sender, size
+        ON messages WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('message', NEW.id); END;
+    CREATE TRIGGER fleet_outbox_flush AFTER INSERT ON flush_events
+        WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('flush', NEW.id); END;
+    CREATE TRIGGER fleet_outbox_flush_update AFTER UPDATE ON flush_events
+        WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('flush', NEW.id); END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+#: a milter record and an adopted row of the same queue id this close in time (seconds) are
+#: the same message (Postfix reuses a short queue id only much later)
+ADOPTED_MATCH_SECONDS = 3600.0
 
 
 class _Slot:
@@ -180,7 +224,16 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def _statements(script: str) -> List[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The statements of a migration script; a ``;`` inside a trigger's BEGIN ... END does not
+    end its statement (sqlite3.complete_statement decides)."""
+    statements: List[str] = []
+    current = ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if current.strip(" \n;") and sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
 
 
 SYNC_LEVELS = {"normal": "NORMAL", "full": "FULL"}
@@ -311,6 +364,8 @@ class Ledger:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for record in records:
+                if self._complete_adopted(conn, record):
+                    continue
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO messages (queue_id, received_at, sender, size,"
                     " client_addr, client_name, helo) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -328,6 +383,33 @@ class Ledger:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _complete_adopted(conn: sqlite3.Connection, record: MessageRecord) -> bool:
+        """A milter record arriving after reconciliation adopted the same message from the queue
+        (the milter's write waited in the journal meanwhile): the adopted row takes the
+        milter's details instead of a second row being added. True when that happened."""
+        found = conn.execute(
+            "SELECT m.id FROM messages m JOIN message_domains md ON md.message_id = m.id"
+            " WHERE m.queue_id = ? AND md.adopted_at IS NOT NULL"
+            " AND ABS(m.received_at - ?) < ? LIMIT 1",
+            (record.queue_id, record.received_at, ADOPTED_MATCH_SECONDS)).fetchone()
+        if found is None:
+            return False
+        message_id = found[0]
+        conn.execute(
+            "UPDATE messages SET received_at = ?, sender = ?, size = ?, client_addr = ?,"
+            " client_name = ?, helo = ? WHERE id = ?",
+            (record.received_at, record.sender, record.size, record.client_addr,
+             record.client_name, record.helo, message_id))
+        conn.execute("UPDATE message_domains SET adopted_at = NULL WHERE message_id = ?",
+                     (message_id,))
+        conn.executemany(
+            "INSERT OR IGNORE INTO message_domains (message_id, domain, recipients, state,"
+            " changed_at) VALUES (?, ?, ?, 'held', ?)",
+            [(message_id, domain, "\n".join(rcpts), record.received_at)
+             for domain, rcpts in record.recipients.items()])
+        return True
 
     def _drop_connection(self) -> None:
         """After a failure start afresh next time (the folder may come back, a lock go away)."""

@@ -186,16 +186,16 @@ def test_max_shrink_setting(setup: Setup, share: str, kept: int, used: bool) -> 
     assert refused is used
 
 
-def test_shrink_counts_subdomains_and_catch_alls_of_configured_domains(tmp_path: Path) -> None:
+def test_shrink_counts_subdomains_of_configured_domains_only(tmp_path: Path) -> None:
     def parse(name: str, text: str) -> Any:
         (tmp_path / name).write_text(text, encoding="utf-8")
         return load_recipient_map([str(tmp_path / name)])
 
-    old = parse("old", "a@example.test x\nb@example.test x\n@sub.example.test x\n"
-                "c@sub.example.test x\na@other.test x\nb@other.test x\n")
+    old = parse("old", "a@example.test x\nb@example.test x\na@sub.example.test x\n"
+                "b@sub.example.test x\nc@sub.example.test x\na@other.test x\nb@other.test x\n")
     new = parse("new", "a@example.test x\nb@example.test x\nc@sub.example.test x\n")
     cut = shrunk_domains(old, new, ["example.test"], 0.2)
-    assert [str(s) for s in cut] == ["sub.example.test 2 -> 1 keys"]  # other.test not ours
+    assert [str(s) for s in cut] == ["sub.example.test 3 -> 1 keys"]  # other.test: not ours
 
 
 @pytest.mark.parametrize("value, expected", [("20%", 0.2), ("0.35", 0.35), ("0%", 0.0),
@@ -209,3 +209,16 @@ def test_max_shrink_values(value: str, expected: float) -> None:
 def test_max_shrink_bad_values_name_the_line(value: str) -> None:
     with pytest.raises(ConfigError, match=r"^b\.conf:2: \[policyd\] max_shrink: "):
         parse_config(f"[policyd]\nmax_shrink = {value}\n", "b.conf")
+
+
+def test_catch_all_widens_and_losing_one_is_a_shrink(tmp_path: Path) -> None:
+    def parse(name: str, text: str) -> Any:
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        return load_recipient_map([str(tmp_path / name)])
+
+    users = parse("users", "a@example.test x\nb@example.test x\nc@example.test x\n")
+    catch_all = parse("catch_all", "@example.test x\n")
+    assert shrunk_domains(users, catch_all, ["example.test"], 0.2) == []
+    assert [str(s) for s in shrunk_domains(catch_all, users, ["example.test"], 0.2)] == \
+        ["example.test @example.test (every address) -> 3 keys"]
+    assert shrunk_domains(catch_all, users, ["example.test"], 1.0) == []

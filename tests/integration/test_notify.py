@@ -31,10 +31,12 @@ def backupmx(lab: BackupMxLab, *args: str) -> subprocess.CompletedProcess:
                           timeout=120, cwd=REPO)
 
 
+POLICYD = {"flush_on_return": "no"}  # the timer's flush --auto is what is played here
+
+
 def write_notify(lab: BackupMxLab, command: Path) -> None:
-    base = lab.config_path.read_text().split("\n[notify]")[0]
-    lab.config_path.write_text(f"{base}\n[notify]\nmail_to = {MAIL_TO}\ncommand = {command}\n"
-                               "held_after = 0\n")
+    lab.extra_config = f"[notify]\nmail_to = {MAIL_TO}\ncommand = {command}\nheld_after = 0\n"
+    lab.write_config(POLICYD)
 
 
 def script(path: Path, body: str) -> Path:
@@ -44,17 +46,22 @@ def script(path: Path, body: str) -> Path:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[BackupMxLab]:
+def sink() -> Iterator[FakePrimary]:
+    server = FakePrimary(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lab(tmp_path: Path, sink: FakePrimary) -> Iterator[BackupMxLab]:
     require_postfix()
     instance = BackupMxLab(tmp_path / "lab", domains=[A, B], milter=True,
-                           policyd_settings={"flush_on_return": "no"})
-    sink = FakePrimary(free_port())
-    instance.primaries["notify sink"] = sink  # started and stopped with the lab's primaries
+                           policyd_settings=POLICYD)
     transport = tmp_path / "transport"
     transport.write_text("".join(f"{d} relay:[127.0.0.1]:{instance.primary(d).port}\n"
                                  for d in (A, B)) + f"notify.test smtp:[127.0.0.1]:{sink.port}\n")
     instance.postfix.extra_main_cf["transport_maps"] = f"texthash:{transport}"
-    sink.start()
     instance.start()
     yield instance
     instance.close()
@@ -66,10 +73,10 @@ def events(path: Path) -> List[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_held_and_all_clear_by_mail_and_command(lab: BackupMxLab, tmp_path: Path) -> None:
+def test_held_and_all_clear_by_mail_and_command(lab: BackupMxLab, sink: FakePrimary,
+                                                tmp_path: Path) -> None:
     received = tmp_path / "events.jsonl"
     write_notify(lab, script(tmp_path / "hook", f"cat >> {received}"))
-    sink = lab.primaries["notify sink"]
     lab.send([f"alice@{A}"], body="one\n")
     lab.send([f"bob@{A}"], body="two\n")
     lab.send([f"bob@{B}"], body="three\n")
@@ -112,7 +119,7 @@ def test_held_and_all_clear_by_mail_and_command(lab: BackupMxLab, tmp_path: Path
     assert any(b"all held mail of a.test has left" in c for _, _, c in sink.messages)
 
 
-def test_failing_command_is_logged_in_one_line_and_harmless(lab: BackupMxLab,
+def test_failing_command_is_logged_in_one_line_and_harmless(lab: BackupMxLab, sink: FakePrimary,
                                                             tmp_path: Path) -> None:
     write_notify(lab, script(tmp_path / "broken-hook", "echo 'pager unreachable' >&2; exit 3"))
     lab.send([f"alice@{A}"], body="one\n")
@@ -123,7 +130,7 @@ def test_failing_command_is_logged_in_one_line_and_harmless(lab: BackupMxLab,
         f"backupmx: notify: command {tmp_path / 'broken-hook'} for held of {A} failed "
         f"(exit status 3): pager unreachable"]
     # the mail channel still worked, and the held mail is untouched, then flushed as usual
-    assert lab.primaries["notify sink"].wait_for(1, timeout=30)
+    assert sink.wait_for(1, timeout=30)
     lab.primary(A).start()
     result = backupmx(lab, "flush", "--auto", "--wait", "30")
     assert result.returncode == 0 and f"{A}: 1 message left the queue" in result.stdout

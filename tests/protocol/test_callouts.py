@@ -118,6 +118,16 @@ class CalloutEngineTest(unittest.TestCase):
         # asked again only after RETRY_AFTER
         assert engine.request(DOMAIN, "zz@example.test", CLIENT,
                               reactor.seconds()) == "retry_later"
+        # the check asks the same random address again until it passes the greylist, and
+        # only then are valid answers trusted
+        engine._probe_tried.clear()  # as after CHECK_INTERVAL and RETRY_AFTER
+        engine._retry.clear()
+        engine.request(DOMAIN, "alice@example.test", "198.51.100.2", reactor.seconds())
+        yield engine.when_idle()
+        probes = [a for _, a, _ in primary.callouts() if a.startswith("backupmx-verify-")]
+        assert len(probes) == 2 and probes[0] == probes[1]
+        assert [c.accept_all for c in self.writer.checks] == [False]
+        assert engine.verdict(DOMAIN, "alice@example.test", reactor.seconds()).status == POSITIVE
 
     @defer.inlineCallbacks
     def test_hanging_primary_times_out_and_caches_nothing(self) -> Any:

@@ -131,6 +131,10 @@ class CalloutEngine:
         self._in_flight: Set[str] = set()
         self._probing: Set[str] = set()  # domains whose accept-all check is under way
         self._probe_tried: Dict[str, float] = {}
+        # the random address of each domain's check, kept until it gets a definite answer
+        # (a greylisting primary answers 4xx to a new address, so a fresh one each time
+        # would never get past the greylist)
+        self._probe_addresses: Dict[str, str] = {}
         self._retry: TTLCache = TTLCache(maxsize=100_000, ttl=RETRY_AFTER,
                                          timer=reactor.seconds)
         self._kicks: Dict[str, Any] = {}
@@ -252,7 +256,10 @@ class CalloutEngine:
         now = self.reactor.seconds()
         probe: Optional[str] = None
         if self._check_due(domain, now):
-            probe = probe_address(domain, self.token() if self.token else None)
+            probe = self._probe_addresses.get(domain)
+            if probe is None:
+                probe = probe_address(domain, self.token() if self.token else None)
+                self._probe_addresses[domain] = probe
             self._probing.add(domain)
             self._probe_tried[domain] = now
             batch = [probe, *batch]
@@ -337,6 +344,8 @@ class CalloutEngine:
             self._probing.discard(domain)
             outcome = results.pop(probe)
             self.results[(domain, "accept_all_check")] += 1
+            if outcome.status != TEMPORARY:
+                self._probe_addresses.pop(domain, None)  # the next check asks a new one
             if outcome.status == VALID:
                 self._found_accept_all(domain, now, outcome.reply)
                 return

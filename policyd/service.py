@@ -12,7 +12,19 @@ import dataclasses
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import (
+    AbstractSet,
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Set,
+    Tuple,
+)
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -33,6 +45,7 @@ from backupmx.common.maps import (
     recipient_delimiter,
 )
 from backupmx.common.recipient_map import MapError, RecipientMap, release_in_steps
+from backupmx.common.recipient_sources import snapshot_paths
 from backupmx.common.source_rules import loses_too_much
 from backupmx.policyd.codec import Request
 from backupmx.policyd.decision_log import DecisionLog
@@ -94,31 +107,40 @@ class Shrink:
         return f"{self.domain} {before} -> {self.after} keys"
 
 
-def file_guarded_domains(config: Config) -> Tuple[str, ...]:
-    """The domains ``[policyd] max_shrink`` guards: those no synced source speaks for. A synced
-    source (ldap, pgsql, ...) has its own shrink rule, applied when its snapshot is written
-    (``[recipients NAME] max_shrink``); policyd must not judge its result a second time."""
-    synced = {domain for source in config.sources if source.type != "file"
-              for domain in source.domains}
-    return tuple(domain for domain in config.domains if domain not in synced)
+def only_changed(old: Signature, new: Signature, paths: Iterable[str]) -> bool:
+    """True when every file whose signature differs is one of ``paths``. Recipient sources
+    write their snapshots whole and rename them into place, so such a change needs no wait."""
+    allowed = frozenset(paths)
+    before = dict(old)
+    return all(path in allowed for path, stat in new if before.get(path) != stat) \
+        and len(old) == len(new)
+
+
+def snapshot_domains(recipients: RecipientMap, snapshots: Iterable[str]) -> FrozenSet[str]:
+    """The domains some recipient source's snapshot file has keys for, in this map."""
+    paths = frozenset(snapshots)
+    return frozenset(domain for path, domains in recipients.source_domains if path in paths
+                     for domain in domains)
 
 
 def shrunk_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str],
-                   max_shrink: float) -> List[Shrink]:
+                   max_shrink: float, exempt: AbstractSet[str] = frozenset()) -> List[Shrink]:
     """Domains (configured ones and their subdomains) whose valid addresses would drop by more
     than ``max_shrink`` (a fraction, 0 to 1; 1 never refuses; the rule is
     common.source_rules.loses_too_much). A map file being rewritten in place (truncated, then
     written again) looks like this while it is read half-way.
 
     Addresses are counted as keys; a new ``@domain`` catch-all never shrinks anything, and the
-    loss of an old one counts as losing every address (it accepted them all).
+    loss of an old one counts as losing every address (it accepted them all). ``exempt``: the
+    domains fed by a recipient source's snapshot, which its sync already judged with the
+    source's own ``max_shrink`` and writes whole (renamed into place), never half-way.
     """
     if max_shrink >= 1:
         return []
     configured = tuple(domains)
     found = []
     for domain in sorted(old.domains()):
-        if not _under(domain, configured) or domain in new.catch_all:
+        if not _under(domain, configured) or domain in new.catch_all or domain in exempt:
             continue
         after = new.count(domain)
         if domain in old.catch_all:
@@ -314,8 +336,8 @@ class PolicyService:
         if lost:
             self.log.warn("reload: no recipient map lists {lost} any more: every recipient of "
                           "it is accepted from now on", lost=", ".join(lost))
-        shrunk = shrunk_domains(self.maps.recipients, maps.recipients,
-                                file_guarded_domains(config), config.policyd.max_shrink)
+        shrunk = shrunk_domains(self.maps.recipients, maps.recipients, config.domains,
+                                config.policyd.max_shrink, self._sourced(config, maps))
         if shrunk:
             self.log.warn("reload: the recipient maps cut {shrunk} (more than max_shrink): "
                           "applied, as a reload asks", shrunk=", ".join(map(str, shrunk)))
@@ -413,7 +435,9 @@ class PolicyService:
                 return None
             if signature == self._failed_signature or self._reloading is not None:
                 return None
-            if signature != self._pending_signature:
+            if (signature != self._pending_signature
+                    and not only_changed(self.maps.signature, signature,
+                                         snapshot_paths(self.config))):
                 self._pending_signature = signature  # changed: wait until it stays the same
                 return None
             self._pending_signature = None
@@ -442,8 +466,8 @@ class PolicyService:
             self.log.info("a map file changed while it was read: reading it again once it "
                           "has stopped changing")
             return
-        shrunk = shrunk_domains(self.maps.recipients, maps.recipients,
-                                file_guarded_domains(config), config.policyd.max_shrink)
+        shrunk = shrunk_domains(self.maps.recipients, maps.recipients, config.domains,
+                                config.policyd.max_shrink, self._sourced(config, maps))
         if shrunk:
             self._failed_signature = maps.signature
             self.held_back = tuple(shrunk)
@@ -460,6 +484,12 @@ class PolicyService:
         self.last_reload = (True, self.reactor.seconds())
         self.log.info("recipient maps reloaded: {count} keys from {sources}",
                       count=len(maps.recipients), sources=", ".join(maps.recipients.sources))
+
+    def _sourced(self, config: Config, maps: LoadedMaps) -> FrozenSet[str]:
+        """Domains a recipient source's snapshot feeds, in the running or the new map."""
+        snapshots = snapshot_paths(config)
+        return (snapshot_domains(self.maps.recipients, snapshots)
+                | snapshot_domains(maps.recipients, snapshots))
 
     def _maps_failed(self, failure: Any, signature: Signature) -> None:
         failure.trap(MapError)

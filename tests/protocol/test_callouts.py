@@ -6,8 +6,10 @@ free port in a thread of its own; tests wait on the engine's Deferreds, never on
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 import subprocess
+import tempfile
 from typing import Any, List
 
 from twisted.internet import defer, reactor
@@ -118,6 +120,16 @@ class CalloutEngineTest(unittest.TestCase):
         # asked again only after RETRY_AFTER
         assert engine.request(DOMAIN, "zz@example.test", CLIENT,
                               reactor.seconds()) == "retry_later"
+        # the check asks the same random address again until it passes the greylist, and
+        # only then are valid answers trusted
+        engine._probe_tried.clear()  # as after CHECK_INTERVAL and RETRY_AFTER
+        engine._retry.clear()
+        engine.request(DOMAIN, "alice@example.test", "198.51.100.2", reactor.seconds())
+        yield engine.when_idle()
+        probes = [a for _, a, _ in primary.callouts() if a.startswith("backupmx-verify-")]
+        assert len(probes) == 2 and probes[0] == probes[1]
+        assert [c.accept_all for c in self.writer.checks] == [False]
+        assert engine.verdict(DOMAIN, "alice@example.test", reactor.seconds()).status == POSITIVE
 
     @defer.inlineCallbacks
     def test_hanging_primary_times_out_and_caches_nothing(self) -> Any:
@@ -138,8 +150,9 @@ class CalloutEngineTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_starttls_when_the_primary_offers_it(self) -> Any:
-        folder = self.mktemp()
-        os.makedirs(folder)
+        # not trial's mktemp(): it makes its folders under the current directory
+        folder = tempfile.mkdtemp(prefix="callout-tls-")
+        self.addCleanup(shutil.rmtree, folder, True)
         key, cert = os.path.join(folder, "key.pem"), os.path.join(folder, "cert.pem")
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
                         "1", "-subj", "/CN=primary.example.test", "-keyout", key, "-out", cert],

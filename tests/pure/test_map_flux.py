@@ -19,7 +19,7 @@ from backupmx.common.config import ConfigError, parse_config
 from backupmx.common.recipient_map import load_recipient_map
 from backupmx.policyd.metrics import PolicydMetrics
 from backupmx.policyd.protocol import PolicyFactory
-from backupmx.policyd.service import shrunk_domains
+from backupmx.policyd.service import only_changed, shrunk_domains
 from tests.harness.service_setup import Setup, make_service, messages, rcpt, settle
 
 UNKNOWN = "550 5.1.1 "
@@ -222,3 +222,42 @@ def test_catch_all_widens_and_losing_one_is_a_shrink(tmp_path: Path) -> None:
     assert [str(s) for s in shrunk_domains(catch_all, users, ["example.test"], 0.2)] == \
         ["example.test @example.test (every address) -> 3 keys"]
     assert shrunk_domains(catch_all, users, ["example.test"], 1.0) == []
+
+
+def source_setup(tmp_path: Path) -> Setup:
+    setup = Setup(tmp_path)
+    setup.write_config(f"state_directory = {tmp_path}/state\n\n[recipients dir]\n"
+                       "type = command\ncommand = /bin/true\n")
+    (tmp_path / "state" / "recipients").mkdir(parents=True)
+    return setup
+
+
+def test_a_source_snapshot_is_loaded_at_the_first_check_and_never_held_back(
+        tmp_path: Path) -> None:
+    # A sync writes the snapshot whole and renames it into place, after judging it with the
+    # source's own max_shrink: policyd neither waits for it to settle nor judges it again.
+    setup = source_setup(tmp_path)
+    snapshot = tmp_path / "state" / "recipients" / "dir.map"
+    service, _, _ = make_service(setup)
+    snapshot.write_text("".join(USERS), encoding="utf-8")
+    service.check_maps()
+    assert service.respond(rcpt("user399@example.test")) == "DUNNO"
+    replacement = snapshot.with_suffix(".pending")
+    replacement.write_text("".join(USERS[:10]), encoding="utf-8")
+    os.replace(replacement, snapshot)
+    service.check_maps()
+    assert service.held_back == ()
+    assert not service.respond(rcpt("user399@example.test")) == "DUNNO"
+    assert service.respond(rcpt("user9@example.test")) == "DUNNO"
+    write_in_place(setup.recipients, "alice@example.test OK\nzed@example.test OK\n")
+    service.check_maps()  # a recipient file changed too: wait for it to settle
+    assert service.respond(rcpt("zed@example.test")) != "DUNNO"
+    service.check_maps()
+    assert service.respond(rcpt("zed@example.test")) == "DUNNO"
+
+
+def test_only_changed() -> None:
+    old = (("/a", (1, 2, 3)), ("/s", "No such file or directory"))
+    assert only_changed(old, (("/a", (1, 2, 3)), ("/s", (4, 5, 6))), ["/s"])
+    assert not only_changed(old, (("/a", (1, 2, 9)), ("/s", (4, 5, 6))), ["/s"])
+    assert not only_changed(old, (("/a", (1, 2, 3)),), ["/s"])

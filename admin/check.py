@@ -11,6 +11,7 @@ import ipaddress
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from backupmx.admin.callouts import check_callouts, read_cache
 from backupmx.admin.setup_checks import (
     FAIL,
     OK,
@@ -22,6 +23,7 @@ from backupmx.admin.setup_checks import (
     check_flush_service,
     check_maps,
     check_milter,
+    check_notify,
     check_policy_service,
     check_queue_lifetime,
     check_restriction_bypass,
@@ -152,9 +154,15 @@ def lookup_dns_blocking(nameserver: Optional[str], domains: Mapping[str, Primary
 
 def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[str],
                dns: Optional[Mapping[str, DomainDns]], hostname: str,
-               lookup: Any = None, load: Any = None) -> List[Result]:
-    """Every rule over already gathered facts (pure when ``load`` is a pure function)."""
+               lookup: Any = None, load: Any = None, states: Any = None,
+               now: Optional[float] = None) -> List[Result]:
+    """Every rule over already gathered facts (pure when ``load`` is a pure function and the
+    sources' ``states`` and ``now`` are given; else they are read now)."""
+    import time
+
+    from backupmx.admin.source_checks import check_recipient_table, check_sources
     from backupmx.common.maps import load_maps
+    from backupmx.common.recipient_sources import read_states
     results = check_domain_lists(list(config.domains), postconf, lookup)
     results += check_policy_service(config, postconf)
     results += check_restriction_bypass(config, postconf)
@@ -165,6 +173,13 @@ def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[s
         for domain, spec in config.domains.items():
             results += check_dns(domain, spec, dns[domain], hostname)
     results += check_maps(config, load or load_maps)
+    results += check_notify(config, postconf, lookup)
+    results += check_recipient_table(config, postconf)
+    results += check_sources(config, read_states(config) if states is None else states,
+                             time.time() if now is None else now)
+    if any(source.type == "callout" for source in config.sources):
+        _, checks, error = read_cache(config)  # policyd's callout cache, read-only
+        results += check_callouts(config, checks, error)
     return results
 
 

@@ -79,6 +79,7 @@ def carry_out_requests(ctx: CommandContext, pg: Any, me: str,
         try:
             outcome = flush_domain(ctx, request.domain, request.force, request.wait_seconds,
                                    trigger="fleet", report=report)
+            assert outcome is not None  # None only with if_held
             result = outcome.result
             held_before, delivered, remaining = (outcome.held_before, outcome.delivered,
                                                  outcome.remaining)

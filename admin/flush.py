@@ -129,9 +129,11 @@ def check_flushable(ctx: CommandContext, domain: str) -> None:
 
 
 def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: float = DEFAULT_WAIT,
-                 trigger: str = "manual", report: Optional[PrimaryState] = None) -> FlushOutcome:
+                 trigger: str = "manual", report: Optional[PrimaryState] = None,
+                 if_held: bool = False) -> Optional[FlushOutcome]:
     """Flush one relay domain (the caller holds the flush lock). Raises FlushRefused before
-    anything changed; PostfixError, LedgerError, sqlite3.Error if a tool or the ledger fails."""
+    anything changed; PostfixError, LedgerError, sqlite3.Error if a tool or the ledger fails.
+    With ``if_held``, a domain holding nothing is not flushed at all (None; nothing recorded)."""
     spec = ctx.config.domains.get(domain)
     if spec is None:
         raise FlushRefused(f"{domain} is not a relay domain of {ctx.config.path} ([domains])")
@@ -145,6 +147,8 @@ def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: fl
     ledger = ctx.ledger()
     held_before = reconcile(ledger, snapshot(ctx), ctx.clock(), domain=domain,
                             relay_domains=ctx.config.domains).still_held.get(domain, 0)
+    if if_held and held_before == 0:
+        return None
     flush_id = ledger.start_flush(domain, trigger, force, report.status, held_before, ctx.clock())
     result = ctx.postfix.flush_domain(domain)
     if result.returncode != 0:
@@ -175,19 +179,28 @@ def wait_until_left(ctx: CommandContext, domain: str, flush_id: int, wait: float
 
 def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT,
                probed: Optional[Dict[str, PrimaryState]] = None) -> int:
-    """Flush every domain with held mail whose primary is up; exit status.
+    """Flush every domain with held mail whose primary is up, then send the ``[notify]``
+    events now due (admin/notify.py); exit status (notifications never change it).
 
     With [fleet] every configured primary is probed (the push reports them all; the reactor
     runs once per process) and the reports are left in ``probed`` for it."""
+    reports: Dict[str, PrimaryState] = {}
+    status = _flush_auto(ctx, wait, reports)
+    if probed is not None:
+        probed.update(reports)
+    from backupmx.admin.notify import notify
+    notify(ctx, reports)
+    return status
+
+
+def _flush_auto(ctx: CommandContext, wait: float, reports: Dict[str, PrimaryState]) -> int:
     ledger = ctx.ledger()
     reconcile(ledger, snapshot(ctx), ctx.clock(), relay_domains=ctx.config.domains)
     summaries = ledger.summaries()
     candidates = {d: ctx.config.domains[d] for d, s in summaries.items()
                   if d in ctx.config.domains and s.held_messages > 0}
     to_probe = ctx.config.domains if ctx.config.fleet is not None else candidates
-    reports = ctx.probe(to_probe, ctx.probe_timeout) if to_probe else {}
-    if probed is not None:
-        probed.update(reports)
+    reports.update(ctx.probe(to_probe, ctx.probe_timeout) if to_probe else {})
     if not candidates:
         print("nothing held: nothing to flush", file=ctx.out)
         return EXIT_OK
@@ -205,6 +218,7 @@ def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT,
             ctx.warn(str(refusal))
             status = EXIT_REFUSED
             continue
+        assert outcome is not None  # only if_held flushes return None
         print(outcome.describe(), file=ctx.out)
         if outcome.result == "failed":
             status = EXIT_REFUSED
@@ -263,6 +277,10 @@ def add_arguments(subparsers: Any) -> None:
                         help="flush every domain with held mail whose primary is up")
     parser.add_argument("--force", action="store_true",
                         help="flush even when the primary does not answer our probe")
+    parser.add_argument("--on-return", action="store_true",
+                        help="what policyd runs when the domain's primary is up again: do "
+                             "nothing when the domain holds no mail, record the flush with "
+                             "trigger 'return'")
     parser.add_argument("--fleet", action="store_true",
                         help="ask every host of the fleet ([fleet]) to flush DOMAIN at its next "
                              "push, instead of flushing here now")
@@ -280,13 +298,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 return EXIT_REFUSED
             return request_fleet_flush(ctx, normalize_domain(args.domain), args.force,
                                        max(0.0, args.wait))
-        return flush_command(ctx, args.domain, args.auto, args.force, max(0.0, args.wait))
+        return flush_command(ctx, args.domain, args.auto, args.force, max(0.0, args.wait),
+                             on_return=args.on_return and not args.auto)
     finally:
         ctx.close()
 
 
 def flush_command(ctx: CommandContext, domain: Optional[str], auto: bool, force: bool,
-                  wait: float) -> int:
+                  wait: float, on_return: bool = False) -> int:
     try:
         with flush_lock(lock_path(ctx.config.milter.ledger), None if auto else LOCK_WAIT,
                         ctx) as locked:
@@ -300,7 +319,12 @@ def flush_command(ctx: CommandContext, domain: Optional[str], auto: bool, force:
                 finally:
                     after_auto(ctx, probed)
             assert domain is not None
-            outcome = flush_domain(ctx, normalize_domain(domain), force, wait)
+            domain = normalize_domain(domain)
+            outcome = flush_domain(ctx, domain, force, wait,
+                                   trigger="return" if on_return else "manual", if_held=on_return)
+            if outcome is None:
+                print(f"{domain}: nothing held: nothing to flush", file=ctx.out)
+                return EXIT_OK
             print(outcome.describe(), file=ctx.out)
             return EXIT_OK if outcome.result != "failed" else EXIT_REFUSED
     except FlushRefused as refusal:

@@ -4,7 +4,9 @@ now for a RCPT of ADDRESS, and why (the admin's ``postmap -q``).
 It loads the same maps and snapshots policyd loads (common.maps), probes the domain's primary
 now with policyd's own probe (unless ``--no-probe``: primary unknown), and runs the same pure
 decision (common.decision.decide). Output: the action, then ``outcome``, ``domain``, ``reason``
-and the domain's recipient freshness; ``--json`` prints them as one object. Exit 0 when the
+and the domain's recipient freshness; for a domain with a ``callout`` source also the cached
+callout result of the address and its age (``callout``); ``--json`` prints them as one
+object. Exit 0 when the
 answer could be worked out, 2 for a map that cannot be loaded.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import json
 from typing import Any, Dict
 
+from backupmx.admin.callouts import StoredVerdicts, cached_verdict
 from backupmx.admin.context import CommandContext
 from backupmx.admin.primaries import not_probed
 from backupmx.common.addresses import split_address
@@ -65,14 +68,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
         chosen = {owner: config.domains[owner]}
         prober = not_probed if args.no_probe else context.probe
         states = prober(chosen, context.probe_timeout)
-    decision = decide(request, policy, _States(states), now)
+    verdicts = StoredVerdicts(config, context.clock)
+    decision = decide(request, policy, _States(states), now, verdicts)
+    callout = cached_verdict(config, owner, args.address, now)
     deadline = policy.fresh_until.get(owner or "")
     freshness = ("no source" if deadline is None else
                  "fresh" if deadline > now else "stale")
     result = {"address": args.address, "action": decision.action, "outcome": decision.outcome,
               "domain": decision.domain, "reason": decision.reason,
               "recipients": freshness,
-              "primary": states[owner].status if owner in states else None}
+              "primary": states[owner].status if owner in states else None,
+              "callout": callout}
     if args.json:
         json.dump(result, context.out)
         print(file=context.out)
@@ -81,4 +87,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
     for key in ("outcome", "domain", "reason", "recipients", "primary"):
         if result[key] not in (None, ""):
             print(f"  {key}: {result[key]}", file=context.out)
+    if callout is not None:
+        print(f"  callout: {_callout_text(callout)}", file=context.out)
     return EXIT_OK
+
+
+def _callout_text(callout: Dict[str, Any]) -> str:
+    if callout["accept_all"]:
+        return "off (the primary accepts every address)"
+    if callout["status"] is None:
+        return "no cached result"
+    age = int(callout["age"])
+    state = callout["verdict"] if callout["verdict"] != "unverified" else "expired"
+    return f"{callout['status']}, {state}, verified {age} s ago ({callout['reply']})"

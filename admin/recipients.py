@@ -9,6 +9,8 @@
 - ``import NAME [--domain D] < FILE``: replace a ``push`` source's snapshot from standard input
   (one address or ``@domain`` a line; the last line must be ``# end COUNT``), with the same
   shrink rule.
+- ``table``: rewrite the Postfix table only (policyd runs it at start, after a map reload and
+  when a domain turns stale or fresh).
 
 After each change the Postfix table (``[postfix] recipient_table``) is rewritten.
 """
@@ -16,17 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
+from backupmx.admin.callouts import callout_rows
 from backupmx.admin.context import CommandContext
 from backupmx.common.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from backupmx.common.config import Config
 from backupmx.common.maps import load_recipients
 from backupmx.common.postfix import PostfixError
 from backupmx.common.recipient_map import MapError, load_recipient_map
-from backupmx.common.recipient_sources import store
+from backupmx.common.recipient_sources import callout_domains, store
 from backupmx.common.recipient_table import table_lines, write_table
 from backupmx.common.source_settings import FileSettings, SourceSettings
 from backupmx.sources import FETCH_TYPES, require_driver
@@ -52,6 +56,8 @@ def add_arguments(subparsers: Any) -> None:
                                    "standard input (last line: '# end COUNT')")
     importing.add_argument("name")
     importing.add_argument("--domain", help="replace only this domain's addresses")
+    actions.add_parser("table", help="rewrite the Postfix recipient table ([postfix] "
+                       "recipient_table) from the current snapshots and files")
     parser.set_defaults(run=run)
 
 
@@ -63,6 +69,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return run_status(context, args.json)
     if args.action == "accept":
         return run_accept(context, args.name)
+    if args.action == "table":
+        return EXIT_OK if refresh_table(context) else EXIT_FAILED
     return run_import(context, args.name, args.domain, sys.stdin)
 
 
@@ -94,7 +102,8 @@ def refresh_table(context: CommandContext) -> bool:
         return True
     try:
         recipients, fresh = load_recipients(context.config)
-        lines = table_lines(recipients, context.config.domains, fresh, context.clock())
+        lines = table_lines(recipients, context.config.domains, fresh, context.clock(),
+                            callout_domains(context.config))
         if write_table(path, lines, context.postfix):
             print(f"backupmx: recipient table {path} written: {len(lines)} keys",
                   file=context.err)
@@ -104,8 +113,14 @@ def refresh_table(context: CommandContext) -> bool:
     return True
 
 
+#: the sync's CPU priority (nice): reading a million rows is background work that must not
+#: take the CPU from policyd's answers on a small machine
+SYNC_NICENESS = 10
+
+
 def run_sync(context: CommandContext, name: Optional[str], due: bool) -> int:
     config = context.config
+    os.nice(SYNC_NICENESS)
     if name is not None:
         one = _source(context, name, FETCH_TYPES)
         if one is None:
@@ -194,9 +209,13 @@ def recipient_status(config: Config, now: float) -> Dict[str, Any]:
     "held_back_change"}]}]}``; times in Unix seconds, null when never."""
     snapshots = store(config)
     rows: List[Dict[str, Any]] = []
+    callouts = {row["name"]: row for row in callout_rows(config)}
     for source in config.sources:
         if isinstance(source.driver, FileSettings):
             rows.append(_file_status(source, source.driver.path, config))
+            continue
+        if source.name in callouts:
+            rows.append(callouts[source.name])
             continue
         state = snapshots.read_state(source.name, source.type)
         domains = []
@@ -248,6 +267,17 @@ def _when(value: Optional[float], now: float) -> str:
            f"({max(0, int(now - value))} s ago)"
 
 
+def _print_callout(row: Dict[str, Any], now: float, out: Any) -> None:
+    print(f"{row['name']} (callout): verification by the primary MX", file=out)
+    if row["last_error"]:
+        print(f"  last error: {row['last_error']}", file=out)
+    for domain in row["domains"]:
+        state = ("OFF: the primary accepts every address" if domain["accept_all"] else
+                 "on" if domain["accept_all"] is not None else "on, accept-all not checked yet")
+        print(f"  {domain['domain']}: {domain['valid']} valid, {domain['invalid']} invalid "
+              f"cached; callouts {state}", file=out)
+
+
 def run_status(context: CommandContext, as_json: bool) -> int:
     now = context.clock()
     document = recipient_status(context.config, now)
@@ -259,6 +289,9 @@ def run_status(context: CommandContext, as_json: bool) -> int:
     if not document["sources"]:
         print("no recipient sources configured", file=out)
     for row in document["sources"]:
+        if row["type"] == "callout":
+            _print_callout(row, now, out)
+            continue
         print(f"{row['name']} ({row['type']}): last success {_when(row['last_success'], now)}, "
               f"last attempt {_when(row['last_attempt'], now)}", file=out)
         if row["last_error"]:

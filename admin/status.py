@@ -94,10 +94,42 @@ def _flush_text(flush: Optional[Dict[str, Any]], now: float) -> str:
             f"{flush['delivered']} left, {flush['remaining']} remain")
 
 
+def recipient_snapshots(config: Config, states: Mapping[str, Any],
+                        now: float) -> Dict[str, Dict[str, Any]]:
+    """Per configured domain: how old its newest applied recipient snapshot is
+    (``snapshot_age_seconds``, None when no pulled or pushed source ever delivered it, or
+    only ``file`` sources speak for it) and whether it is ``fresh`` (None: no source syncs it)."""
+    rows: Dict[str, Dict[str, Any]] = {}
+    for domain in config.domains:
+        newest: Optional[float] = None
+        fresh: Optional[bool] = None
+        for source in config.sources:
+            if source.type == "file" or domain not in source.domains:
+                continue
+            state = states.get(source.name)
+            current = state.domains.get(domain) if state is not None else None
+            applied = current.applied_at if current is not None else None
+            fresh = bool(fresh) or (applied is not None and now < applied + source.stale_after)
+            if applied is not None and (newest is None or applied > newest):
+                newest = applied
+        rows[domain] = {"snapshot_age_seconds": None if newest is None else max(0, now - newest),
+                        "fresh": fresh}
+    return rows
+
+
+def _recipients_text(row: Mapping[str, Any]) -> str:
+    recipients = row.get("recipients") or {}
+    if recipients.get("fresh") is None:
+        return "-"
+    age = _duration(recipients.get("snapshot_age_seconds"))
+    return age if recipients["fresh"] else f"STALE {age}"
+
+
 def render_table(status: Mapping[str, Any]) -> str:
     """The status for people: aligned columns, durations like 2d03h or 5m07s."""
     now = status["generated_at"]
-    header = ("DOMAIN", "PRIMARY", "HELD", "BYTES", "OLDEST", "BOUNCES IN", "LAST FLUSH")
+    header = ("DOMAIN", "PRIMARY", "HELD", "BYTES", "OLDEST", "BOUNCES IN", "RECIPIENTS",
+              "LAST FLUSH")
     lines = [header]
     for row in status["domains"]:
         name = row["domain"] if row["configured"] else f"{row['domain']} (not configured)"
@@ -106,7 +138,7 @@ def render_table(status: Mapping[str, Any]) -> str:
             held += f" ({row['adopted_messages']} adopted)"
         lines.append((name, row["primary"], held, _size(row["held_bytes"]),
                       _duration(row["oldest_held_seconds"]), _duration(row["bounces_in_seconds"]),
-                      _flush_text(row["last_flush"], now)))
+                      _recipients_text(row), _flush_text(row["last_flush"], now)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     text = "\n".join("  ".join([*(c.ljust(w) for c, w in zip(line, widths)), line[-1]]).rstrip()
                      for line in lines)
@@ -149,6 +181,10 @@ def collect_status(ctx: CommandContext, probe: bool = True) -> Dict[str, Any]:
     reports = prober(ctx.config.domains, ctx.probe_timeout)
     status = build_status(list(ctx.config.domains), summaries, reports, flushes, lifetime, now,
                           warnings)
+    from backupmx.common.recipient_sources import read_states
+    snapshots = recipient_snapshots(ctx.config, read_states(ctx.config), now)
+    for row in status["domains"]:
+        row["recipients"] = snapshots.get(row["domain"])
     if ctx.config.fleet is not None:
         from backupmx.admin.fleet import local_push_state
         try:

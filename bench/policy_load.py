@@ -7,12 +7,19 @@ server with 1, 8 and 32 persistent connections from a separate load-generator pr
 requests/s, p50/p99 latency and the backupmx/bare throughput ratio (medians over --repeats runs).
 
     .venv/bin/python bench/policy_load.py [--seconds 3] [--repeats 3] [--connections 1,8,32]
+                                          [--callouts]
+
+``--callouts`` adds a ``callout`` recipient source for the domain whose primary is up: its
+unknown recipients are then deferred to the primary and each asks for a callout in the
+background (the greeter only greets, so every callout fails temporarily; the per-client cap
+turns most requests into a counted skip), which must leave the latency unchanged.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -28,7 +35,8 @@ import workload  # noqa: E402
 Result = Dict[str, float]
 
 
-def write_config(workdir: str, greeter_port: int, users_per_domain: int) -> str:
+def write_config(workdir: str, greeter_port: int, users_per_domain: int,
+                 callouts: bool = False) -> str:
     corpus = workload.make_corpus(users_per_domain)
     recipients = os.path.join(workdir, "relay_recipients")
     with open(recipients, "w") as handle:
@@ -49,12 +57,16 @@ recipient_delimiter = +
 probe_interval = 2
 probe_timeout = 1
 
+state_directory = {workdir}
+
 [domains]
 """ + "\n".join(domains) + "\n")
+        if callouts:
+            handle.write(f"\n[recipients verify]\ntype = callout\ndomains = {workload.UP_DOMAIN}\n")
     return path
 
 
-def check_answers(port: int, users_per_domain: int) -> None:
+def check_answers(port: int, users_per_domain: int, callouts: bool = False) -> None:
     """Every case of the mix gets the action it should (else the figures would be meaningless)."""
     corpus = workload.make_corpus(users_per_domain)
     seen: Dict[str, str] = {}
@@ -63,10 +75,21 @@ def check_answers(port: int, users_per_domain: int) -> None:
             continue
         action = servers.ask(port, request)
         expected = workload.expected_action(case)
+        if callouts and case == "unknown_user" and f"@{workload.UP_DOMAIN}\n".encode() in request:
+            expected = "DEFER_IF_PERMIT"  # deferred to the primary, a callout queued
         if not action.startswith(expected):
             raise SystemExit(f"policyd answered {action!r} to a {case} request, "
                              f"expected {expected}")
         seen[case] = action
+    if callouts:  # make sure the callout path is in the mix
+        template = next(r for case, r in workload.make_requests(corpus, 400)
+                        if case == "unknown_user")
+        request = re.sub(rb"recipient=[^\n]*",
+                         f"recipient=nobody-check@{workload.UP_DOMAIN}".encode(), template)
+        seen["unknown_user_callout"] = action = servers.ask(port, request)
+        if not action.startswith("DEFER_IF_PERMIT"):
+            raise SystemExit(f"policyd answered {action!r} to an unknown recipient of the "
+                             "callout domain, expected DEFER_IF_PERMIT")
     for case, action in seen.items():
         print(f"  check {case:22} -> {action}")
 
@@ -137,6 +160,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median kept)")
     parser.add_argument("--connections", default="1,8,32", help="comma-separated levels")
     parser.add_argument("--users-per-domain", type=int, default=2000)
+    parser.add_argument("--callouts", action="store_true",
+                        help="verify the up domain's unknown recipients with callouts")
     parser.add_argument("--writethrough-baseline", action="store_true",
                         help="also measure the bare server sending replies as policyd does")
     args = parser.parse_args()
@@ -145,7 +170,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="backupmx-bench-") as workdir:
         greeter = servers.SmtpGreeter()
-        config = write_config(workdir, greeter.port, users)
+        config = write_config(workdir, greeter.port, users, args.callouts)
         started: List[servers.Server] = []
         try:
             policyd = servers.start_policyd(config, workdir)
@@ -158,7 +183,7 @@ def main() -> int:
                 started.append(compared[1])
             print(f"policyd on port {policyd.port}, bare server on port {bare.port}")
             wait_primary_up(policyd.port, greeter, users)
-            check_answers(policyd.port, users)
+            check_answers(policyd.port, users, args.callouts)
             results: Dict[Tuple[str, int], List[Result]] = {}
             for repeat in range(args.repeats):
                 for connections in levels:

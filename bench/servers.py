@@ -119,7 +119,7 @@ def start_policyd(config_path: str, workdir: str, name: str = "backupmx") -> Ser
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             try:
-                if notify.recv(4096) == b"READY=1":
+                if b"READY=1" in notify.recv(4096).split(b"\n"):
                     break
             except socket.timeout:
                 pass

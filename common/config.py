@@ -26,8 +26,10 @@ from backupmx.common.values import (
     boolean,
     choice,
     domain_name,
+    optional_mail_address,
     positive_int,
     positive_seconds,
+    postfix_duration,
     share,
 )
 
@@ -62,7 +64,9 @@ class PolicydConfig:
     sender_networks: Optional[str]
     primary_up_action: str
     probe_interval: float
+    probe_interval_down: float
     probe_timeout: float
+    flush_on_return: bool
     primary_up_after: int
     primary_down_after: int
     recipient_delimiter: Optional[str]  # None: ask Postfix (postconf recipient_delimiter)
@@ -93,6 +97,22 @@ class PostfixConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """``[notify]``: who is told when mail is held (off while neither mail_to nor command is set);
+    durations in seconds."""
+
+    mail_to: Optional[str] = None
+    command: Optional[str] = None
+    held_after: int = 15 * 60
+    repeat: int = 24 * 3600
+    bounce_warning: int = 24 * 3600
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.mail_to or self.command)
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     """``[fleet]``: the shared PostgreSQL store of a fleet of backup MXes (optional section)."""
 
@@ -110,6 +130,8 @@ class Config:
     milter: MilterConfig
     postfix: PostfixConfig
     domains: Mapping[str, PrimarySpec] = field(default_factory=dict)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+
     fleet: Optional[FleetConfig] = None  # None: no [fleet] section
     #: every recipient source: the [policyd] recipients files first (type file, named by their
     #: path, speaking for every domain), then the [recipients NAME] sections in file order
@@ -193,7 +215,11 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
         "sender_networks": (_optional_path, ""),
         "primary_up_action": (choice(*PRIMARY_UP_ACTIONS), "defer"),
         "probe_interval": (positive_seconds, "30"),
+        # while a primary is reported down: probe it this often, so its return is seen soon
+        "probe_interval_down": (positive_seconds, "10"),
         "probe_timeout": (positive_seconds, "5"),
+        # run `backupmx flush DOMAIN --on-return` when a domain's primary is reported up again
+        "flush_on_return": (boolean, "yes"),
         # hysteresis: consecutive probes that must agree before the reported state changes
         "primary_up_after": (positive_int, "2"),
         "primary_down_after": (positive_int, "1"),
@@ -220,6 +246,14 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
     "postfix": {
         "config_directory": (_optional_path, ""),
         "recipient_table": (_optional_path, ""),
+    },
+    # off unless mail_to or command is set; evaluated by every `backupmx flush --auto` run
+    "notify": {
+        "mail_to": (optional_mail_address, ""),
+        "command": (_optional_path, ""),
+        "held_after": (postfix_duration, "15m"),
+        "repeat": (postfix_duration, "24h"),
+        "bounce_warning": (postfix_duration, "24h"),
     },
     "fleet": {
         "database": (_database, ""),
@@ -322,6 +356,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     policyd = _section_values(path, "policyd", sections.get("policyd", {}))
     milter = _section_values(path, "milter", sections.get("milter", {}))
     postfix = _section_values(path, "postfix", sections.get("postfix", {}))
+    notify = _section_values(path, "notify", sections.get("notify", {}))
     if milter["journal"] is None:
         milter["journal"] = f"{milter['ledger']}.journal"
     domains = _domains(path, sections.get("domains", {}))
@@ -340,6 +375,7 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         milter=MilterConfig(**milter),  # type: ignore[arg-type]  # (ditto)
         postfix=PostfixConfig(**postfix),  # type: ignore[arg-type]  # (ditto)
         domains=domains,
+        notify=NotifyConfig(**notify),  # type: ignore[arg-type]  # (ditto)
         sources=_sources(path, recipient_files, sections, headers, domains),
         fleet=fleet,
     )

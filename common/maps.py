@@ -15,6 +15,7 @@ from backupmx.common.decision import Policy
 from backupmx.common.postfix import Postfix, PostfixError
 from backupmx.common.recipient_map import RecipientMap, load_recipient_map
 from backupmx.common.recipient_sources import (
+    callout_domains,
     file_paths,
     freshness,
     read_states,
@@ -144,4 +145,5 @@ def build_policy(config: Config, maps: LoadedMaps) -> Policy:
         primary_up_action=config.policyd.primary_up_action,
         scope=maps.scope,
         fresh_until=dict(maps.fresh_until),
+        callout_domains=frozenset(callout_domains(config)),
     )

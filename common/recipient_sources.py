@@ -34,8 +34,17 @@ def file_paths(config: Config) -> Tuple[str, ...]:
 
 
 def snapshot_sources(config: Config) -> Tuple[SourceSettings, ...]:
-    """The sources kept in snapshots (every type but ``file``)."""
-    return tuple(s for s in config.sources if s.type != "file")
+    """The sources kept in snapshots (every type but ``file`` and ``callout``)."""
+    return tuple(s for s in config.sources if s.type not in ("file", "callout"))
+
+
+def callout_domains(config: Config) -> Tuple[str, ...]:
+    """The domains some ``callout`` source speaks for, in configuration order, each once."""
+    found: List[str] = []
+    for source in config.sources:
+        if source.type == "callout":
+            found.extend(d for d in source.domains if d not in found)
+    return tuple(found)
 
 
 def snapshot_paths(config: Config) -> Tuple[str, ...]:
@@ -74,6 +83,8 @@ def freshness(config: Config, states: Mapping[str, SourceState],
             names = source.domains or _owners(listed.get(path, frozenset()), domains)
             per_source.append({d: FOREVER if ok else float("-inf") for d in names})
             continue
+        if source.type == "callout":
+            continue  # no snapshot: a callout source never makes a domain fresh or stale
         state = states.get(source.name)
         per_source.append({
             d: fresh_until(state.domains[d].applied_at

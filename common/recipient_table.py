@@ -6,8 +6,11 @@ The table holds exactly what policyd loads (the ``file`` sources and every snaps
 never emptier than policyd's own view, plus ``@domain OK`` (every recipient valid) for each
 configured domain that policyd would not refuse unknown recipients of: a stale domain (policyd
 answers 450 4.1.1; Postfix would answer 550, and a user added just before the outage would be
-bounced) and a domain no source lists (policyd accepts them). Stale subdomains listed in the
-snapshots get their own ``@sub.domain`` line.
+bounced), a domain no source lists (policyd accepts them) and a domain with a ``callout``
+source (policyd accepts the recipients its primary confirmed, which no snapshot lists; with
+policyd stopped and ``default_action=DUNNO`` Postfix then accepts every recipient of such a
+domain, as for a domain no source lists). Stale subdomains listed in the snapshots get their
+own ``@sub.domain`` line.
 
 Written by ``backupmx recipients sync``/``import``/``accept``: the text into a temporary file
 beside the table, ``postmap hash:TEMP``, then ``TEMP.db`` renamed over ``TABLE.db`` and the text
@@ -26,11 +29,13 @@ from backupmx.common.recipient_map import RecipientMap
 
 
 def table_lines(recipients: RecipientMap, domains: Iterable[str],
-                fresh_until: Mapping[str, float], now: float) -> List[str]:
-    """The table's lines (``key OK``), sorted; see the module docstring for what is in it."""
+                fresh_until: Mapping[str, float], now: float,
+                verified: Iterable[str] = ()) -> List[str]:
+    """The table's lines (``key OK``), sorted; see the module docstring for what is in it.
+    ``verified``: the domains a callout source speaks for."""
     configured = tuple(domains)
     stale = {d for d in configured if fresh_until.get(d, float("inf")) <= now}
-    catch_all = set(recipients.catch_all)
+    catch_all = set(recipients.catch_all) | set(verified)
     for domain in configured:
         if domain in stale or not recipients.covers(domain):
             catch_all.add(domain)

@@ -9,7 +9,7 @@ settings of its type (``LdapSettings``, ``PgsqlSettings``, ``MysqlSettings``, ``
 
 Keys of every source (defaults after ``=``):
 
-- ``type``: required; ``ldap | pgsql | mysql | sqlite | command | file | push``.
+- ``type``: required; ``ldap | pgsql | mysql | sqlite | command | file | push | callout``.
 - ``domains`` = empty: comma-separated domains this source speaks for; empty means every domain
   of ``[domains]`` (the caller fills that in). Addresses of other domains are ignored.
 - ``interval = 300``: seconds between syncs (the scheduler adds +-10 % jitter).
@@ -18,7 +18,10 @@ Keys of every source (defaults after ``=``):
   written ``20%`` or ``0.2``, from ``0%`` (any loss held back) to ``100%`` (never).
 - ``stale_after = 3600``: seconds without a good sync after which the source's domains are stale.
 
-The keys of each type are listed on its settings class below.
+The keys of each type are listed on its settings class below. A ``callout`` source has no
+snapshot and no sync: it is filled by recipient callouts to the domain's primary MX (policyd's
+callout engine), so ``interval``, ``max_shrink`` and ``stale_after`` are unknown keys for it and
+its ``timeout`` (default 30 there) bounds one callout session.
 """
 from __future__ import annotations
 
@@ -27,16 +30,23 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+from backupmx.common.postfix_values import parse_time
 from backupmx.common.values import (
     absolute_path,
     boolean,
     choice,
     domain_list,
+    domain_name,
+    positive_int,
     positive_seconds,
     share,
 )
 
-SOURCE_TYPES = ("ldap", "pgsql", "mysql", "sqlite", "command", "file", "push")
+SOURCE_TYPES = ("ldap", "pgsql", "mysql", "sqlite", "command", "file", "push", "callout")
+#: common keys that mean nothing for a callout source (it has no sync and no snapshot)
+_NOT_FOR_CALLOUT = ("interval", "max_shrink", "stale_after")
+#: a callout session's whole time limit when ``timeout`` is not given
+CALLOUT_TIMEOUT = 30.0
 
 
 class SourceSettingsError(ValueError):
@@ -161,8 +171,38 @@ class PushSettings:
     """``type = push``: no keys; filled only by ``backupmx recipients import NAME``."""
 
 
+@dataclass(frozen=True)
+class CalloutSettings:
+    """``type = callout``: recipients learned by asking the domain's primary MX (RFC 5321
+    ``RCPT TO`` without ``DATA``), as Postfix's ``reject_unverified_recipient`` and Exim's
+    ``verify = recipient/callout`` do. Times take Postfix's units (``31d``, ``4h``, ``30s``).
+
+    - ``helo_name`` = empty: the name sent in ``EHLO``; empty: Postfix's ``myhostname``.
+    - ``max_connections = 2``: callout sessions open at once per domain.
+    - ``rate = 30``: callouts (addresses verified) a minute per domain.
+    - ``client_rate = 10``: callouts one SMTP client (the policy request's ``client_address``)
+      may cause per hour; a dictionary attacker's further recipients are not verified.
+    - ``max_unknown = 5``: refused recipients per session before it ends (Postfix primaries
+      slow a client down after ``smtpd_soft_error_limit`` = 10 errors).
+    - ``positive_expire_time = 31d``: how long an accepted address stays known valid
+      (Postfix: ``address_verify_positive_expire_time``).
+    - ``positive_refresh_time = 7d``: after this a valid address is verified again in the
+      background; a failed refresh never removes it.
+    - ``negative_expire_time = 4h``: how long a refused (5xx) address stays known invalid.
+    """
+
+    helo_name: Optional[str] = None
+    max_connections: int = 2
+    rate: int = 30
+    client_rate: int = 10
+    max_unknown: int = 5
+    positive_expire_time: float = 31 * 86400.0
+    positive_refresh_time: float = 7 * 86400.0
+    negative_expire_time: float = 4 * 3600.0
+
+
 DriverSettings = Union[LdapSettings, PgsqlSettings, MysqlSettings, SqliteSettings,
-                       CommandSettings, FileSettings, PushSettings]
+                       CommandSettings, FileSettings, PushSettings, CalloutSettings]
 
 
 @dataclass(frozen=True)
@@ -231,6 +271,18 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _time(text: str) -> float:
+    """A positive Postfix time value (``31d``, ``4h``, ``90``: seconds)."""
+    seconds = parse_time(text)
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be a positive time")
+    return float(seconds)
+
+
+def _helo_name(text: str) -> str:
+    return domain_name(text)
+
+
 def _argv(text: str) -> Tuple[str, ...]:
     try:
         argv = tuple(shlex.split(text))
@@ -288,6 +340,16 @@ _TYPES: Dict[str, Tuple[type, Dict[str, Tuple[str, _Parser, bool]]]] = {
     "command": (CommandSettings, {"command": ("argv", _argv, True)}),
     "file": (FileSettings, {"path": ("path", absolute_path, True)}),
     "push": (PushSettings, {}),
+    "callout": (CalloutSettings, {
+        "helo_name": ("helo_name", _helo_name, False),
+        "max_connections": ("max_connections", positive_int, False),
+        "rate": ("rate", positive_int, False),
+        "client_rate": ("client_rate", positive_int, False),
+        "max_unknown": ("max_unknown", positive_int, False),
+        "positive_expire_time": ("positive_expire_time", _time, False),
+        "positive_refresh_time": ("positive_refresh_time", _time, False),
+        "negative_expire_time": ("negative_expire_time", _time, False),
+    }),
 }
 
 
@@ -323,13 +385,15 @@ def parse_source(name: str, section: Mapping[str, Any],
         raise SourceSettingsError(type_line, title, "type",
                                   f"{type_text!r} is not one of {', '.join(SOURCE_TYPES)}")
     driver_class, driver_keys = _TYPES[source_type]
-    known = ["type", *_COMMON, *driver_keys]
+    common_keys = [k for k in _COMMON
+                   if not (source_type == "callout" and k in _NOT_FOR_CALLOUT)]
+    known = ["type", *common_keys, *driver_keys]
     common: Dict[str, Any] = {}
     fields: Dict[str, Any] = {}
     for key, (value, line) in entries.items():
         if key == "type":
             continue
-        if key in _COMMON:
+        if key in common_keys:
             parser, _ = _COMMON[key]
             target, field_name = common, key
         elif key in driver_keys:
@@ -348,6 +412,8 @@ def parse_source(name: str, section: Mapping[str, Any],
             raise SourceSettingsError(section_line, title, key, f"missing (required for type "
                                       f"{source_type})")
     _check_combinations(source_type, entries, fields, title, section_line)
+    if source_type == "callout":
+        common.setdefault("timeout", CALLOUT_TIMEOUT)
     return SourceSettings(name=name, type=source_type, driver=driver_class(**fields), **common)
 
 
@@ -363,6 +429,13 @@ def _check_combinations(source_type: str, entries: Mapping[str, Tuple[str, Optio
             raise SourceSettingsError(line_of("bind_dn" if key == "bind_password_file"
                                               else "bind_password_file"), title, key,
                                       "bind_dn and bind_password_file go together")
+    if source_type == "callout":
+        refresh = fields.get("positive_refresh_time", CalloutSettings.positive_refresh_time)
+        expire = fields.get("positive_expire_time", CalloutSettings.positive_expire_time)
+        if refresh >= expire:
+            raise SourceSettingsError(line_of("positive_refresh_time"), title,
+                                      "positive_refresh_time",
+                                      "must be shorter than positive_expire_time")
     if source_type == "mysql":
         if ("host" in fields) == ("socket" in fields):
             raise SourceSettingsError(line_of("socket" if "socket" in fields else "host"), title,

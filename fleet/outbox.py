@@ -1,4 +1,4 @@
-"""The ledger's side of the push: the outbox (ledger migration 3), its watermark and the rows.
+"""The ledger's side of the push: the outbox (ledger migration 5), its watermark and the rows.
 
 The milter never calls this module. Triggers in the ledger add an outbox row for every new
 (message, domain) row, every change of its state or adoption, every change of a message's details

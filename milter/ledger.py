@@ -81,7 +81,17 @@ MIGRATIONS: Tuple[str, ...] = (
     ALTER TABLE message_domains ADD COLUMN adopted_at REAL;
     CREATE INDEX messages_queue_id ON messages (queue_id);
     """,
-    # 4 (fleet): the outbox of changes to push to the fleet store (backupmx.fleet). Triggers add
+    # 4: what `[notify]` last sent per domain (admin/notify_events.py), so that each event is
+    # sent once across `backupmx flush --auto` runs.
+    """
+    CREATE TABLE notify_state (
+        domain TEXT PRIMARY KEY,
+        held_sent_at REAL,
+        last_sent_at REAL,
+        bounce_warned_at REAL
+    );
+    """,
+    # 5 (fleet): the outbox of changes to push to the fleet store (backupmx.fleet). Triggers add
     # one row per new (message, domain) row, per change of its state (or adoption) and of a
     # message's details, and per flush event written, only while fleet_push.enabled (set by the
     # first push), inside the writer's own transaction: nothing more on the SMTP path than one
@@ -425,9 +435,11 @@ class Ledger:
         return [HeldRow._make(row) for row in rows]
 
     def apply_reconciliation(self, gone: Sequence[Tuple[int, str]], seen: Sequence[int],
-                             now: float, flush_id: Optional[int] = None) -> None:
-        """Mark (message, domain) rows as flushed (during a flush) or left, and note sightings."""
-        if not gone and not seen:
+                             now: float, flush_id: Optional[int] = None,
+                             sizes: Sequence[Tuple[int, int]] = ()) -> None:
+        """Mark (message, domain) rows as flushed (during a flush) or left, note sightings, and
+        record the queue's exact size (bytes) of messages seen for the first time."""
+        if not gone and not seen and not sizes:
             return
         state = FLUSHED if flush_id is not None else LEFT
         with self._lock:
@@ -441,6 +453,8 @@ class Ledger:
                 conn.executemany(
                     "UPDATE messages SET seen_in_queue_at = ? WHERE id = ?"
                     " AND seen_in_queue_at IS NULL", [(now, message_id) for message_id in seen])
+                conn.executemany("UPDATE messages SET size = ? WHERE id = ?",
+                                 [(size, message_id) for message_id, size in sizes])
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -547,3 +561,32 @@ class Ledger:
                 " held_before, delivered, remaining, result, detail FROM flush_events"
                 " WHERE id = ?", (flush_id,)).fetchone()
         return FlushEvent(row[0], row[1], row[2], bool(row[3]), *row[4:]) if row else None
+
+    # ---- notification state ----------------------------------------------------------------
+
+    def notify_states(self) -> Dict[str, Tuple[Optional[float], Optional[float], Optional[float]]]:
+        """domain -> (held_sent_at, last_sent_at, bounce_warned_at), Unix seconds or None."""
+        with self._lock:
+            rows = self._connection().execute(
+                "SELECT domain, held_sent_at, last_sent_at, bounce_warned_at"
+                " FROM notify_state").fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def save_notify_states(
+            self, states: Dict[str, Tuple[Optional[float], Optional[float], Optional[float]]]
+    ) -> None:
+        """Replace the whole notification state in one transaction."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM notify_state")
+                conn.executemany(
+                    "INSERT INTO notify_state (domain, held_sent_at, last_sent_at,"
+                    " bounce_warned_at) VALUES (?, ?, ?, ?)",
+                    [(domain, *values) for domain, values in sorted(states.items())])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise

@@ -64,6 +64,7 @@ def run(config: Config) -> int:
     from twisted.logger import Logger
 
     from backupmx.common import daemon
+    from backupmx.policyd.flush_on_return import FlushOnReturn
     from backupmx.policyd.logs import start_logging
     from backupmx.policyd.primary_monitor import PrimaryMonitor
     from backupmx.policyd.protocol import PolicyFactory
@@ -76,15 +77,18 @@ def run(config: Config) -> int:
     primaries = PrimaryMonitor(reactor, config.domains, settings.probe_interval,
                                settings.probe_timeout, up_after=settings.primary_up_after,
                                down_after=settings.primary_down_after,
+                               interval_down=settings.probe_interval_down,
                                local_names=_local_names(config))
     service = PolicyService(reactor, config, maps, primaries)
     from backupmx.policyd.recipient_sync import SyncScheduler
     service.scheduler = SyncScheduler(reactor, config, service.check_maps)
+    primaries.listeners.append(FlushOnReturn(reactor, lambda: service.config))
+    service.callouts = _callouts(reactor, config, primaries, log)
     # the service holds the maps now: no frame of ours may keep the start-up maps alive after
     # a reload has replaced them (a 1,000,000-address map holds about 110 MiB)
     del maps
-    factory = PolicyFactory(service.respond, settings.idle_timeout, settings.max_line_length,
-                            settings.max_attributes)
+    factory = PolicyFactory.from_settings(service.respond, settings)
+    service.reconfigured.append(lambda new: factory.configure(new.policyd))
     try:
         port = daemon.listen(reactor, settings.listen, factory)
         metrics_port = _serve_metrics(reactor, settings.metrics, service, factory)
@@ -106,9 +110,46 @@ def run(config: Config) -> int:
     reactor.callWhenRunning(service.start)
     reactor.callWhenRunning(daemon.notify, f"READY=1\nSTATUS={_serving(service)}")
     reactor.addSystemEventTrigger("before", "shutdown", service.stop)
+    if service.callouts is not None:
+        reactor.addSystemEventTrigger("after", "shutdown", service.callouts.writer.close)
     reactor.addSystemEventTrigger("before", "shutdown", daemon.notify, "STOPPING=1")
     reactor.run()
     return EXIT_OK
+
+
+def _callouts(reactor: Any, config: Config, primaries: Any, log: Any) -> Any:
+    """The recipient callout engine with its cache loaded from the state directory (blocking:
+    before listening), or None without a callout source. Raises ConfigError when the cache
+    file cannot be opened."""
+    from backupmx.policyd.callouts import callout_setup
+    setup = callout_setup(config)
+    if not setup:
+        return None
+    import sqlite3
+
+    from backupmx.common.callout_cache import CalloutCache, CalloutStore, CalloutWriter, store_path
+    from backupmx.policyd.callout_protocol import tls_context
+    from backupmx.policyd.callouts import CalloutEngine, lifetimes_of
+    store = CalloutStore(store_path(config.policyd.state_directory))
+    cache = CalloutCache(lifetimes_of(setup), reactor.seconds)
+    try:
+        loaded = cache.load(store.entries())
+        checks = store.checks()
+    except (sqlite3.Error, OSError) as error:
+        raise ConfigError(f"callout cache {store.path}: {error}") from None
+    writer = CalloutWriter(store, lambda line: reactor.callFromThread(
+        log.error, "{line}", line=line))
+    tls = tls_context()
+    helo = _local_names(config)
+    log.info("recipient callouts for {domains}: {count} cached results{tls}",
+             domains=", ".join(sorted(setup)), count=loaded,
+             tls="" if tls is not None else " (no STARTTLS: pyOpenSSL is missing)")
+    for domain, check in sorted(checks.items()):
+        if check.accept_all and domain in setup:
+            log.warn("callouts for {domain} are off: its primary accepted a random address "
+                     "(it accepts every recipient)", domain=domain)
+    return CalloutEngine(reactor, setup, cache, writer, checks, primaries,
+                         helo[0] if helo else "localhost", tls=tls)
 
 
 def _serving(service: Any) -> str:

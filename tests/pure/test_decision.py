@@ -6,6 +6,7 @@ from typing import Dict, Optional
 import pytest
 
 from backupmx.common.addresses import split_address
+from backupmx.common.callout_rules import NEGATIVE, UNVERIFIED, Verdict
 from backupmx.common.decision import (
     DUNNO,
     NOT_VERIFIED,
@@ -234,6 +235,20 @@ def test_extension_of_an_unknown_user_is_still_unknown() -> None:
     assert decide(rcpt("mallory+x@example.test"), snapshot(), up(), NOW).action == UNKNOWN_USER
 
 
+class Refusing:
+    def verdict(self, domain: str, address: str, now: float) -> Verdict:
+        return Verdict(NEGATIVE, False, 1.0)
+
+
+class Unverified:
+    def verdict(self, domain: str, address: str, now: float) -> Verdict:
+        return Verdict(UNVERIFIED, True)
+
+
+def callout_policy() -> Policy:
+    return Policy(DOMAINS, MAP, NETWORKS, "defer", callout_domains=frozenset({"example.test"}))
+
+
 def test_every_outcome_is_declared() -> None:
     seen = {
         decide(rcpt("a@example.test", state="MAIL"), snapshot(), States(), NOW).outcome,
@@ -249,6 +264,8 @@ def test_every_outcome_is_declared() -> None:
         decide(rcpt("alice@example.test"), snapshot(), down(), NOW).outcome,
         decide(rcpt("alice@example.test"), snapshot(), States(), NOW).outcome,
         decide(rcpt("zz@example.test"), stale_policy(), States(), NOW).outcome,
+        decide(rcpt("zz@example.test"), callout_policy(), down(), NOW, Refusing()).outcome,
+        decide(rcpt("zz@example.test"), callout_policy(), down(), NOW, Unverified()).outcome,
     }
     assert seen == set(OUTCOMES)
 

@@ -1,4 +1,4 @@
-"""The ledger's fleet outbox (migration 3): what its triggers record, and when."""
+"""The ledger's fleet outbox (migration 5): what its triggers record, and when."""
 from __future__ import annotations
 
 import sqlite3

@@ -79,22 +79,24 @@ def test_status_shows_the_push_lag(tmp_path: Path) -> None:
     outbox.enable(conn)
     ledger.record(record("Q1"))
     ledger.record(record("Q2"))
-    for queue_id in ("Q1", "Q2"):  # still queued: status's reconciliation changes nothing
+    # still queued: status's reconciliation only takes their sizes from the queue (2 changes)
+    for queue_id in ("Q1", "Q2"):
         ctx.postfix.add(queue_id, "alice@a.test")  # type: ignore[attr-defined]
+
     conn.execute("UPDATE fleet_outbox SET queued_at = 940.0")
     outbox.record_failure(conn, "fleet store: connection refused", 990.0)
     assert show_status(ctx, as_json=True, probe=False) == 0
     fleet = json.loads(ctx.out.getvalue())["fleet"]  # type: ignore[attr-defined]
     assert (fleet["pending_changes"], fleet["lag_seconds"], fleet["last_push_seconds"],
-            fleet["last_error"]) == (2, 60, None, "fleet store: connection refused")
+            fleet["last_error"]) == (4, 60, None, "fleet store: connection refused")
     ctx.out = io.StringIO()
     show_status(ctx, probe=False)
-    assert "fleet push: last never, 2 changes pending (lag 1m00s); last error: fleet store: " \
+    assert "fleet push: last never, 4 changes pending (lag 1m00s); last error: fleet store: " \
            "connection refused" in ctx.out.getvalue()
     ctx.out = io.StringIO()
     show_status(ctx, probe=False, as_prometheus=True)
     metrics = ctx.out.getvalue()
-    assert "backupmx_fleet_pending_changes 2.0" in metrics
+    assert "backupmx_fleet_pending_changes 4.0" in metrics
     assert "backupmx_fleet_push_lag_seconds 60.0" in metrics
     ctx.close()
     conn.close()

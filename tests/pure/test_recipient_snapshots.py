@@ -12,7 +12,7 @@ import pytest
 from backupmx.admin.recipients import parse_import
 from backupmx.common.config import ConfigError, parse_config
 from backupmx.common.recipient_map import RecipientMap, load_recipient_map
-from backupmx.common.recipient_sources import freshness
+from backupmx.common.recipient_sources import callout_domains, freshness, snapshot_sources
 from backupmx.common.recipient_table import table_lines
 from backupmx.common.snapshots import SnapshotStore, SourceState
 from backupmx.common.source_rules import classify, judge, owner_of
@@ -203,6 +203,22 @@ def test_table_has_every_key_and_a_catch_all_for_stale_and_unlisted_domains() ->
                         {"example.test": 200.0, "stale.test": 100.0}, now=150.0)
     assert lines == ["@all.test OK", "@empty.test OK", "@stale.test OK", "@sub.stale.test OK",
                      '"odd user"@example.test OK', "alice@example.test OK"]
+
+
+def test_table_lets_policyd_judge_callout_domains() -> None:
+    recipients = RecipientMap({"example.test": frozenset({"alice"})}, frozenset())
+    lines = table_lines(recipients, ["example.test"], {"example.test": 200.0}, now=150.0,
+                        verified=["example.test"])
+    # a recipient the primary confirmed is in no snapshot: Postfix must not refuse it
+    assert lines == ["@example.test OK"]
+
+
+def test_callout_source_has_no_snapshot_and_no_freshness(tmp_path: Path) -> None:
+    config = parse_config(config_text(tmp_path, "[recipients verify]\ntype = callout\n"
+                                      "domains = example.test\n"))
+    assert snapshot_sources(config) == ()
+    assert callout_domains(config) == ("example.test",)
+    assert freshness(config, {}, []) == {}
 
 
 def test_a_domain_is_fresh_while_one_of_its_sources_is(tmp_path: Path) -> None:

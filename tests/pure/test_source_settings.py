@@ -1,6 +1,7 @@
 """[recipients NAME] sections -> SourceSettings, and the errors for bad ones."""
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -258,3 +259,36 @@ def test_sources_import_no_daemon_code() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_callout_section_defaults_and_every_key() -> None:
+    from backupmx.common.source_settings import CalloutSettings
+    plain = parse_source("verify", section(type="callout", domains="customer.test"))
+    assert plain.type == "callout" and plain.domains == ("customer.test",)
+    assert plain.timeout == 30.0
+    assert plain.driver == CalloutSettings()
+    assert (plain.driver.max_connections, plain.driver.rate, plain.driver.max_unknown) == (2, 30, 5)
+    assert (plain.driver.positive_expire_time, plain.driver.positive_refresh_time,
+            plain.driver.negative_expire_time) == (31 * 86400, 7 * 86400, 4 * 3600)
+    full = parse_source("verify", section(
+        type="callout", domains="customer.test", timeout="10", helo_name="Backup.Example.test",
+        max_connections="1", rate="60", client_rate="3", max_unknown="2",
+        positive_expire_time="10d", positive_refresh_time="1d", negative_expire_time="30m"))
+    assert full.timeout == 10.0
+    assert full.driver == CalloutSettings("backup.example.test", 1, 60, 3, 2, 864000.0,
+                                          86400.0, 1800.0)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"interval": "60"}, "line 11: [recipients verify] interval: unknown key for type callout"),
+    ({"stale_after": "60"}, "stale_after: unknown key for type callout"),
+    ({"rate": "0"}, "rate: '0' must be a positive whole number"),
+    ({"negative_expire_time": "4 hours"}, "negative_expire_time: '4 hours' is not a Postfix "
+     "time value"),
+    ({"positive_refresh_time": "40d"}, "positive_refresh_time: must be shorter than "
+     "positive_expire_time"),
+    ({"helo_name": "not a name"}, "helo_name: 'not a name' is not a domain name"),
+])
+def test_bad_callout_sections(values: dict, message: str) -> None:
+    with pytest.raises(SourceSettingsError, match=re.escape(message)):
+        parse_source("verify", section(type="callout", **values))

@@ -78,10 +78,13 @@ def hosts(store: FleetDatabase,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[BackupMxLab, BackupMxLab]]:
     require_postfix()
     # mx2 takes the default host_id, Postfix's myhostname, and pushes every 2 s (stale after 6).
+    # policyd's own flush on return is off: this test hands the held mail back through the
+    # fleet's flush request (tests/integration/test_flush_on_return.py tests the other way)
+    manual = {"flush_on_return": "no"}
     one = BackupMxLab(tmp_path_factory.mktemp("mx1"), domains=[A, B], milter=True,
-                      extra_config="\n" + store.section("mx1.test"))
+                      policyd_settings=manual, extra_config="\n" + store.section("mx1.test"))
     two = BackupMxLab(tmp_path_factory.mktemp("mx2"), domains=[A, B], milter=True,
-                      extra_config="\n" + store.section(push_interval=2))
+                      policyd_settings=manual, extra_config="\n" + store.section(push_interval=2))
     try:
         one.start()
         two.start()

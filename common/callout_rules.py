@@ -1,0 +1,95 @@
+"""What a cached recipient callout result means now: pure rules on plain data (no I/O).
+
+A callout asks the domain's primary MX ``RCPT TO:<address>`` (policyd.callout_session). Its
+definite answers are cached (common.callout_cache): ``valid`` (2xx) and ``invalid`` (5xx).
+Temporary failures (4xx, greylisting, a timeout, a lost connection) are never cached: they prove
+nothing. The lifetimes are Postfix's verify(8) rules with the ``[recipients NAME]`` keys of a
+``callout`` source: a valid entry is known for ``positive_expire_time`` (31 days) and verified
+again once it is older than ``positive_refresh_time`` (7 days); a refresh that fails, even with
+5xx, never replaces a valid entry that has not expired (Postfix: "do not overwrite a good
+status with a bad one"); an invalid entry is known for ``negative_expire_time`` (4 hours).
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+VALID, INVALID, TEMPORARY = "valid", "invalid", "temporary"
+#: verdict statuses the decision reads
+POSITIVE, NEGATIVE, UNVERIFIED = "positive", "negative", "unverified"
+#: seconds between two checks of a domain's primary with a random address (accept-all)
+ACCEPT_ALL_INTERVAL = 86400.0
+#: the local part prefix of those random addresses
+PROBE_PREFIX = "backupmx-verify-"
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """A callout source's cache lifetimes, in seconds."""
+
+    positive_expire: float = 31 * 86400.0
+    positive_refresh: float = 7 * 86400.0
+    negative_expire: float = 4 * 3600.0
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cached result: ``status`` ``valid`` or ``invalid``, ``verified_at`` (Unix seconds
+    of the callout that gave it) and the primary's ``reply`` (first line, for logs)."""
+
+    address: str
+    domain: str
+    status: str
+    verified_at: float
+    reply: str = ""
+
+    def expires_at(self, lifetimes: Lifetimes) -> float:
+        """Unix seconds after which the entry says nothing any more."""
+        if self.status == VALID:
+            return self.verified_at + lifetimes.positive_expire
+        return self.verified_at + lifetimes.negative_expire
+
+
+class Verdict(NamedTuple):
+    """What the cache says of an address now: ``status`` POSITIVE, NEGATIVE or UNVERIFIED;
+    ``refresh``: a callout should be made (no entry, or a valid one due for refresh);
+    ``age``: seconds since the callout that gave it (None without an entry)."""
+
+    status: str
+    refresh: bool
+    age: Optional[float] = None
+
+
+NO_ENTRY = Verdict(UNVERIFIED, True)
+
+
+def verdict_of(entry: Optional[Entry], lifetimes: Lifetimes, now: float) -> Verdict:
+    """The verdict an entry (or None) gives at ``now``; see the module docstring."""
+    if entry is None:
+        return NO_ENTRY
+    age = now - entry.verified_at
+    if entry.status == VALID and age < lifetimes.positive_expire:
+        return Verdict(POSITIVE, age >= lifetimes.positive_refresh, age)
+    if entry.status == INVALID and age < lifetimes.negative_expire:
+        return Verdict(NEGATIVE, False, age)
+    return NO_ENTRY
+
+
+def merged(old: Optional[Entry], new: Entry, lifetimes: Lifetimes) -> Optional[Entry]:
+    """The entry to keep after a definite callout result ``new`` (None: keep ``old``):
+    an unexpired valid entry is never replaced by an invalid one."""
+    if (old is not None and old.status == VALID and new.status == INVALID
+            and new.verified_at - old.verified_at < lifetimes.positive_expire):
+        return None
+    return new
+
+
+def probe_address(domain: str, token: Optional[str] = None) -> str:
+    """A random address of ``domain`` no real mailbox has, to find out whether the primary
+    accepts every recipient (then callouts prove nothing)."""
+    return f"{PROBE_PREFIX}{token or secrets.token_hex(8)}@{domain}"
+
+
+def is_probe(address: str) -> bool:
+    return address.startswith(PROBE_PREFIX)

@@ -77,26 +77,80 @@ def _postconf(ctx: CommandContext) -> Dict[str, str]:
 def notify(ctx: CommandContext, reports: Optional[Mapping[str, PrimaryState]] = None) -> int:
     """Evaluate and send the due events (the caller holds the flush lock and has reconciled).
 
-    Returns how many events were decided. Never raises for a sending failure; ledger errors
-    (LedgerError, sqlite3.Error) are logged in one line too: notifications never stop a flush.
+    With ``[fleet]`` the events are judged on the fleet's totals and the state kept in the
+    fleet store, by one host at a time (the leader lock): a domain held on several hosts makes
+    one notice. When the store cannot be used, this host judges its own mail (a duplicate
+    notice rather than a lost one). Returns how many events were decided. Never raises for a
+    sending failure; ledger errors (LedgerError, sqlite3.Error) are logged in one line too:
+    notifications never stop a flush.
     """
     settings = ctx.config.notify
     if not settings.enabled:
         return 0
+    reports = reports or {}
+    if ctx.config.fleet is not None:
+        from backupmx.fleet.leader import leader
+        with leader(ctx.config) as may_send:
+            if not may_send:
+                print("notify: another host of the fleet is judging the notices now",
+                      file=ctx.out)
+                return 0
+            events = _fleet_events(ctx, settings, reports)
+            if events is not None:
+                return _send_all(ctx, settings, events)
+    events = _local_events(ctx, settings, reports)
+    return _send_all(ctx, settings, events) if events is not None else 0
+
+
+def _lifetime(postconf: Mapping[str, str]) -> Optional[int]:
+    try:
+        return parse_time(postconf["maximal_queue_lifetime"], default_unit="d")
+    except (KeyError, ValueError):
+        return None
+
+
+def _fleet_events(ctx: CommandContext, settings: NotifyConfig,
+                  reports: Mapping[str, PrimaryState]) -> Optional[List[Any]]:
+    """The due events of the whole fleet, their state saved in the store; None when the store
+    cannot be used (the caller then judges this host's mail)."""
+    from backupmx.fleet import notices
+    from backupmx.fleet.store import StoreError, connect
+    assert ctx.config.fleet is not None
+    try:
+        pg = connect(ctx.config.fleet)
+        try:
+            document, stored = notices.read(pg)
+            postconf = _postconf(ctx)
+            now = ctx.clock()
+            primaries = {d: (r.status, r.host) for d, r in reports.items()}
+            rows = notices.fleet_rows(document, primaries, _lifetime(postconf))
+            states = {d: NotifyState(*values) for d, values in stored.items()}
+            limits = Thresholds(settings.held_after, settings.repeat, settings.bounce_warning)
+            events, new_states = due_events(rows, states, now, limits,
+                                            postconf.get("myhostname", ""))
+            # state first: an event is decided once, even if sending it fails below
+            notices.save(pg, {d: (s.held_sent_at, s.last_sent_at, s.bounce_warned_at)
+                              for d, s in new_states.items()})
+        finally:
+            pg.close()
+    except StoreError as error:
+        ctx.warn(f"notify: {error}: judging this host's own mail")
+        return None
+    return events
+
+
+def _local_events(ctx: CommandContext, settings: NotifyConfig,
+                  reports: Mapping[str, PrimaryState]) -> Optional[List[Any]]:
+    """The due events of this host's ledger, their state saved in it; None on ledger errors."""
     try:
         ledger = ctx.ledger()
         summaries = ledger.summaries()
         stored = ledger.notify_states()
         if not summaries and not stored:
-            return 0
+            return []
         postconf = _postconf(ctx)
-        lifetime: Optional[int] = None
-        try:
-            lifetime = parse_time(postconf["maximal_queue_lifetime"], default_unit="d")
-        except (KeyError, ValueError):
-            lifetime = None
+        lifetime = _lifetime(postconf)
         now = ctx.clock()
-        reports = reports or {}
         rows = [domain_status(d, summaries.get(d), reports.get(d), None, lifetime, now)
                 for d in sorted(set(ctx.config.domains) | set(summaries))]
         states = {d: NotifyState(*values) for d, values in stored.items()}
@@ -108,7 +162,11 @@ def notify(ctx: CommandContext, reports: Optional[Mapping[str, PrimaryState]] = 
                                    for d, s in new_states.items()})
     except (LedgerError, sqlite3.Error, OSError) as error:
         ctx.warn(f"notify: cannot evaluate notifications: {error}")
-        return 0
+        return None
+    return events
+
+
+def _send_all(ctx: CommandContext, settings: NotifyConfig, events: List[Any]) -> int:
     for item in events:
         failures = send_event(item, settings, ctx.postfix)
         for failure in failures:

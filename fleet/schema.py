@@ -15,6 +15,7 @@ own ids are what the host's outbox names. Tables:
   fleet flush request.
 - ``flush_requests`` / ``flush_request_results``: ``backupmx flush DOMAIN --fleet`` and what each
   host did about it.
+- ``notify_state``: what ``[notify]`` last sent per domain for the whole fleet.
 
 The version lives in ``backupmx_schema``; migrations run in order, each in a transaction, under an
 advisory lock so two ``fleet init`` runs never race. Never edit a shipped migration: append.
@@ -114,6 +115,16 @@ MIGRATIONS: Tuple[str, ...] = (
         PRIMARY KEY (host_id, local_id)
     );
     CREATE INDEX flush_events_domain ON flush_events (domain, started_at)
+    """,
+    # 2: what [notify] last sent per domain for the whole fleet (admin/notify.py, under the
+    # leader lock), so a domain held on three hosts makes one notice, not three.
+    """
+    CREATE TABLE notify_state (
+        domain text PRIMARY KEY,
+        held_sent_at double precision,
+        last_sent_at double precision,
+        bounce_warned_at double precision
+    )
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

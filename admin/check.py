@@ -23,6 +23,7 @@ from backupmx.admin.setup_checks import (
     check_flush_service,
     check_maps,
     check_milter,
+    check_notify,
     check_policy_service,
     check_queue_lifetime,
     check_restriction_bypass,
@@ -153,9 +154,15 @@ def lookup_dns_blocking(nameserver: Optional[str], domains: Mapping[str, Primary
 
 def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[str],
                dns: Optional[Mapping[str, DomainDns]], hostname: str,
-               lookup: Any = None, load: Any = None) -> List[Result]:
-    """Every rule over already gathered facts (pure when ``load`` is a pure function)."""
+               lookup: Any = None, load: Any = None, states: Any = None,
+               now: Optional[float] = None) -> List[Result]:
+    """Every rule over already gathered facts (pure when ``load`` is a pure function and the
+    sources' ``states`` and ``now`` are given; else they are read now)."""
+    import time
+
+    from backupmx.admin.source_checks import check_recipient_table, check_sources
     from backupmx.common.maps import load_maps
+    from backupmx.common.recipient_sources import read_states
     results = check_domain_lists(list(config.domains), postconf, lookup)
     results += check_policy_service(config, postconf)
     results += check_restriction_bypass(config, postconf)
@@ -166,6 +173,10 @@ def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[s
         for domain, spec in config.domains.items():
             results += check_dns(domain, spec, dns[domain], hostname)
     results += check_maps(config, load or load_maps)
+    results += check_notify(config, postconf, lookup)
+    results += check_recipient_table(config, postconf)
+    results += check_sources(config, read_states(config) if states is None else states,
+                             time.time() if now is None else now)
     if any(source.type == "callout" for source in config.sources):
         _, checks, error = read_cache(config)  # policyd's callout cache, read-only
         results += check_callouts(config, checks, error)
@@ -203,5 +214,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         dns = None if getattr(args, "no_dns", False) else lookup_dns_blocking(
             getattr(args, "nameserver", None), config.domains)
         results = run_checks(config, postconf, services, dns, hostname, table_lookup(postfix))
+    from backupmx.admin.fleet_check import check_fleet
+    results += check_fleet(config)
     print(render_json(results) if getattr(args, "json", False) else render_text(results))
     return 1 if any(r.status == FAIL for r in results) else 0

@@ -15,7 +15,7 @@ import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from backupmx.admin.context import CommandContext
 from backupmx.admin.primaries import UP, PrimaryState
@@ -129,9 +129,11 @@ def check_flushable(ctx: CommandContext, domain: str) -> None:
 
 
 def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: float = DEFAULT_WAIT,
-                 trigger: str = "manual", report: Optional[PrimaryState] = None) -> FlushOutcome:
+                 trigger: str = "manual", report: Optional[PrimaryState] = None,
+                 if_held: bool = False) -> Optional[FlushOutcome]:
     """Flush one relay domain (the caller holds the flush lock). Raises FlushRefused before
-    anything changed; PostfixError, LedgerError, sqlite3.Error if a tool or the ledger fails."""
+    anything changed; PostfixError, LedgerError, sqlite3.Error if a tool or the ledger fails.
+    With ``if_held``, a domain holding nothing is not flushed at all (None; nothing recorded)."""
     spec = ctx.config.domains.get(domain)
     if spec is None:
         raise FlushRefused(f"{domain} is not a relay domain of {ctx.config.path} ([domains])")
@@ -145,6 +147,8 @@ def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: fl
     ledger = ctx.ledger()
     held_before = reconcile(ledger, snapshot(ctx), ctx.clock(), domain=domain,
                             relay_domains=ctx.config.domains).still_held.get(domain, 0)
+    if if_held and held_before == 0:
+        return None
     flush_id = ledger.start_flush(domain, trigger, force, report.status, held_before, ctx.clock())
     result = ctx.postfix.flush_domain(domain)
     if result.returncode != 0:
@@ -173,17 +177,33 @@ def wait_until_left(ctx: CommandContext, domain: str, flush_id: int, wait: float
         ctx.sleep(POLL_INTERVAL)
 
 
-def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
-    """Flush every domain with held mail whose primary is up; exit status."""
+def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT,
+               probed: Optional[Dict[str, PrimaryState]] = None) -> int:
+    """Flush every domain with held mail whose primary is up, then send the ``[notify]``
+    events now due (admin/notify.py); exit status (notifications never change it).
+
+    With [fleet] every configured primary is probed (the push reports them all; the reactor
+    runs once per process) and the reports are left in ``probed`` for it."""
+    reports: Dict[str, PrimaryState] = {}
+    status = _flush_auto(ctx, wait, reports)
+    if probed is not None:
+        probed.update(reports)
+    from backupmx.admin.notify import notify
+    notify(ctx, reports)
+    return status
+
+
+def _flush_auto(ctx: CommandContext, wait: float, reports: Dict[str, PrimaryState]) -> int:
     ledger = ctx.ledger()
     reconcile(ledger, snapshot(ctx), ctx.clock(), relay_domains=ctx.config.domains)
     summaries = ledger.summaries()
     candidates = {d: ctx.config.domains[d] for d, s in summaries.items()
                   if d in ctx.config.domains and s.held_messages > 0}
+    to_probe = ctx.config.domains if ctx.config.fleet is not None else candidates
+    reports.update(ctx.probe(to_probe, ctx.probe_timeout) if to_probe else {})
     if not candidates:
         print("nothing held: nothing to flush", file=ctx.out)
         return EXIT_OK
-    reports = ctx.probe(candidates, ctx.probe_timeout)
     chosen = choose_auto(summaries, reports, ctx.config.domains)
     status = EXIT_OK
     for domain in sorted(candidates):
@@ -198,10 +218,49 @@ def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT) -> int:
             ctx.warn(str(refusal))
             status = EXIT_REFUSED
             continue
+        assert outcome is not None  # only if_held flushes return None
         print(outcome.describe(), file=ctx.out)
         if outcome.result == "failed":
             status = EXIT_REFUSED
     return status
+
+
+def after_auto(ctx: CommandContext, probed: Dict[str, PrimaryState]) -> None:
+    """The end of every ``flush --auto`` run: the fleet push (a failed push is only warned
+    about: flushing never depends on the fleet store), or dropping a leftover outbox."""
+    from backupmx.admin import fleet
+    if ctx.config.fleet is None:
+        fleet.stop_recording(ctx)
+        return
+    fleet.lower_priority()  # the flushing is done; the push is background work
+    result = fleet.run_push(ctx, probed, reconciled=False)
+    if result is not None:
+        print(result.describe(), file=ctx.out)
+
+
+def request_fleet_flush(ctx: CommandContext, domain: str, force: bool, wait: float) -> int:
+    """``flush DOMAIN --fleet``: record the request every host carries out at its next push."""
+    from backupmx.admin import fleet as fleet_command
+    from backupmx.fleet import requests
+    from backupmx.fleet.schema import require_current
+    from backupmx.fleet.store import StoreError, connect
+    try:
+        settings = fleet_command.fleet_settings(ctx)
+        me = fleet_command.host_id(ctx)
+        pg = connect(settings)
+        try:
+            require_current(pg)
+            pg.commit()
+            request_id = requests.record(pg, domain, me, force, wait)
+        finally:
+            pg.close()
+    except (fleet_command.FleetUnavailable, StoreError) as error:
+        ctx.warn(f"flush --fleet: {error}")
+        return EXIT_REFUSED
+    print(f"{domain}: fleet flush request #{request_id} recorded: every host flushes it at its "
+          f"next push (within about {settings.push_interval:g} s); backupmx status --fleet "
+          f"shows each host's result", file=ctx.out)
+    return EXIT_OK
 
 
 # ---- command line -----------------------------------------------------------------------------
@@ -218,6 +277,13 @@ def add_arguments(subparsers: Any) -> None:
                         help="flush every domain with held mail whose primary is up")
     parser.add_argument("--force", action="store_true",
                         help="flush even when the primary does not answer our probe")
+    parser.add_argument("--on-return", action="store_true",
+                        help="what policyd runs when the domain's primary is up again: do "
+                             "nothing when the domain holds no mail, record the flush with "
+                             "trigger 'return'")
+    parser.add_argument("--fleet", action="store_true",
+                        help="ask every host of the fleet ([fleet]) to flush DOMAIN at its next "
+                             "push, instead of flushing here now")
     parser.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
                         help=f"how long to wait for the mail to leave (default {DEFAULT_WAIT:g})")
     parser.set_defaults(run=run)
@@ -226,13 +292,20 @@ def add_arguments(subparsers: Any) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     ctx = CommandContext.from_config(config)
     try:
-        return flush_command(ctx, args.domain, args.auto, args.force, max(0.0, args.wait))
+        if getattr(args, "fleet", False):
+            if args.auto:
+                ctx.warn("flush: --fleet takes a DOMAIN, not --auto")
+                return EXIT_REFUSED
+            return request_fleet_flush(ctx, normalize_domain(args.domain), args.force,
+                                       max(0.0, args.wait))
+        return flush_command(ctx, args.domain, args.auto, args.force, max(0.0, args.wait),
+                             on_return=args.on_return and not args.auto)
     finally:
         ctx.close()
 
 
 def flush_command(ctx: CommandContext, domain: Optional[str], auto: bool, force: bool,
-                  wait: float) -> int:
+                  wait: float, on_return: bool = False) -> int:
     try:
         with flush_lock(lock_path(ctx.config.milter.ledger), None if auto else LOCK_WAIT,
                         ctx) as locked:
@@ -240,9 +313,18 @@ def flush_command(ctx: CommandContext, domain: Optional[str], auto: bool, force:
                 print("another flush is running: nothing done", file=ctx.out)
                 return EXIT_OK if auto else EXIT_REFUSED
             if auto:
-                return flush_auto(ctx, wait)
+                probed: Dict[str, PrimaryState] = {}
+                try:
+                    return flush_auto(ctx, wait, probed)
+                finally:
+                    after_auto(ctx, probed)
             assert domain is not None
-            outcome = flush_domain(ctx, normalize_domain(domain), force, wait)
+            domain = normalize_domain(domain)
+            outcome = flush_domain(ctx, domain, force, wait,
+                                   trigger="return" if on_return else "manual", if_held=on_return)
+            if outcome is None:
+                print(f"{domain}: nothing held: nothing to flush", file=ctx.out)
+                return EXIT_OK
             print(outcome.describe(), file=ctx.out)
             return EXIT_OK if outcome.result != "failed" else EXIT_REFUSED
     except FlushRefused as refusal:

@@ -13,10 +13,10 @@ import sys
 from types import ModuleType
 from typing import List, Optional, Sequence
 
-from backupmx.admin import check, flush, query, recipients, status
+from backupmx.admin import check, fleet, flush, query, recipients, status
 from backupmx.common.cli import load_or_report, parent_parser
 
-SUBCOMMANDS: Sequence[ModuleType] = (status, flush, check, recipients, query)
+SUBCOMMANDS: Sequence[ModuleType] = (status, flush, check, recipients, query, fleet)
 
 
 def build_parser(subcommands: Sequence[ModuleType] = SUBCOMMANDS) -> argparse.ArgumentParser:

@@ -10,6 +10,11 @@ know (the milter was down or restarting, or libmilter ended its session before t
 after ``XCLIENT ADDR=[UNAVAILABLE]``) is adopted into the ledger from what ``postqueue -j`` says:
 queue id, sender, the recipients still queued, size and arrival time, marked adopted. So the
 accounting holds every message Postfix holds for a relay domain, whatever the milter saw.
+
+Held bytes are Postfix's own figure: when reconciliation first sees a message in the queue it
+records ``postqueue -j``'s ``message_size`` (header and body as the queue file counts them,
+Postfix's Received: header included) in place of the milter's provisional ``SIZE=`` declaration,
+which the milter takes because it never sees the content.
 """
 from __future__ import annotations
 
@@ -85,11 +90,15 @@ class QueueSnapshot:
     #: again only for messages to adopt
     lines: Dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     parsed: Dict[str, QueuedMessage] = field(default_factory=dict, compare=False, repr=False)
+    #: each message's ``message_size`` (bytes), when postqueue gave one
+    sizes_by_id: Dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_messages(cls, messages: Iterable[QueuedMessage]) -> "QueueSnapshot":
         listed = list(messages)
-        return cls({m.queue_id: m.domains for m in listed}, parsed={m.queue_id: m for m in listed})
+        return cls({m.queue_id: m.domains for m in listed}, parsed={m.queue_id: m for m in listed},
+                   sizes_by_id={m.queue_id: m.message_size for m in listed
+                                if m.message_size is not None})
 
     def message(self, queue_id: str) -> Optional[QueuedMessage]:
         """The queued message in full, or None when the snapshot has only its domains."""
@@ -108,6 +117,7 @@ class QueueSnapshot:
         """
         domains_by_id: Dict[str, FrozenSet[str]] = {}
         lines: Dict[str, str] = {}
+        sizes_by_id: Dict[str, int] = {}
         interned: Dict[FrozenSet[str], FrozenSet[str]] = {}
         loads = json.loads
         for number, line in enumerate(text.splitlines(), start=1):
@@ -120,10 +130,13 @@ class QueueSnapshot:
                 queue_id = str(data["queue_id"])
                 domains_by_id[queue_id] = interned.setdefault(key, key)
                 lines[queue_id] = line
+                size = data.get("message_size")
+                if isinstance(size, int):
+                    sizes_by_id[queue_id] = size
             except (ValueError, KeyError, TypeError, AttributeError) as error:
                 raise QueueFormatError(f"postqueue -j line {number}: {error}: {line[:200]!r}"
                                        ) from None
-        return cls(domains_by_id, lines)
+        return cls(domains_by_id, lines, sizes_by_id=sizes_by_id)
 
     def holds(self, queue_id: str, domain: str) -> bool:
         return domain in self.domains_by_id.get(queue_id, ())
@@ -134,25 +147,32 @@ class QueueSnapshot:
 
 @dataclass(frozen=True)
 class Reconciliation:
-    """What one reconciliation found: rows that left the queue and messages first seen in it."""
+    """What one reconciliation found: rows that left the queue, messages first seen in it (with
+    the queue's exact size of those: message id, bytes) and messages adopted from the queue."""
 
     gone: Tuple[Tuple[int, str], ...]
     seen: Tuple[int, ...]
     still_held: Dict[str, int]
     adopted: Tuple[Tuple[str, str], ...] = ()  # (queue id, domain) adopted from the queue
+    sizes: Tuple[Tuple[int, int], ...] = ()
 
 
 def compare(rows: Sequence[HeldRow], snapshot: QueueSnapshot, now: float,
             grace: float = UNSEEN_GRACE_SECONDS) -> Reconciliation:
     """Pure decision: which held rows left the queue, which messages are seen in it for the first
-    time. A row never seen queued and younger than ``grace`` stays held (UNSEEN_GRACE_SECONDS)."""
+    time (with their message_size). A row never seen queued and younger than ``grace`` stays
+    held (UNSEEN_GRACE_SECONDS)."""
     gone: List[Tuple[int, str]] = []
     seen: List[int] = []
+    sizes: Dict[int, int] = {}
     still: Dict[str, int] = {}
     for row in rows:
         if row.queue_id in snapshot:
             if not row.seen_in_queue:
                 seen.append(row.message_id)
+                size = snapshot.sizes_by_id.get(row.queue_id)
+                if size is not None:
+                    sizes[row.message_id] = size
             if snapshot.holds(row.queue_id, row.domain):
                 still[row.domain] = still.get(row.domain, 0) + 1
                 continue
@@ -161,7 +181,8 @@ def compare(rows: Sequence[HeldRow], snapshot: QueueSnapshot, now: float,
             gone.append((row.message_id, row.domain))
         else:
             still[row.domain] = still.get(row.domain, 0) + 1
-    return Reconciliation(tuple(gone), tuple(dict.fromkeys(seen)), still)
+    return Reconciliation(tuple(gone), tuple(dict.fromkeys(seen)), still,
+                          sizes=tuple(sizes.items()))
 
 
 def _is_relay(domain: str, relay_domains: Collection[str]) -> bool:
@@ -183,14 +204,16 @@ def adoption_candidates(snapshot: QueueSnapshot, rows: Sequence[HeldRow],
     """
     held: Set[Tuple[str, str]] = {(row.queue_id, row.domain) for row in rows}
     found: Dict[str, Dict[str, Tuple[str, ...]]] = {}
+    # with ``only``, the rows are that domain's: look at no other domain's mail at all
+    scope: Collection[str] = relay_domains if only is None else {only}
     # domain set -> (its relay domains, all of them configured as such): equal sets are one
     # object in a snapshot from_text, so this runs once per distinct set, not per message
     relay_of: Dict[FrozenSet[str], Tuple[Tuple[str, ...], bool]] = {}
     for queue_id, domains in snapshot.domains_by_id.items():
         known = relay_of.get(domains)
         if known is None:
-            relay = tuple(d for d in domains if _is_relay(d, relay_domains))
-            known = relay_of[domains] = (relay, all(d in relay_domains for d in relay))
+            relay = tuple(d for d in domains if _is_relay(d, scope))
+            known = relay_of[domains] = (relay, all(d in scope for d in relay))
         relay, exact = known
         if not relay:
             continue
@@ -260,7 +283,7 @@ def reconcile(ledger: Ledger, snapshot: QueueSnapshot, now: float,
     ledger.replay_journal()
     rows = ledger.held_rows(domain)
     result = compare(rows, snapshot, now, grace)
-    ledger.apply_reconciliation(result.gone, result.seen, now, flush_id)
+    ledger.apply_reconciliation(result.gone, result.seen, now, flush_id, result.sizes)
     if not relay_domains:
         return result
     candidates = adoption_candidates(snapshot, rows, relay_domains, domain)
@@ -272,4 +295,4 @@ def reconcile(ledger: Ledger, snapshot: QueueSnapshot, now: float,
     adopted = tuple((record.queue_id, d) for _, record in plans for d in record.recipients)
     for _, adopted_domain in adopted:
         still[adopted_domain] = still.get(adopted_domain, 0) + 1
-    return Reconciliation(result.gone, result.seen, still, adopted)
+    return Reconciliation(result.gone, result.seen, still, adopted, result.sizes)

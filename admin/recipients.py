@@ -9,6 +9,8 @@
 - ``import NAME [--domain D] < FILE``: replace a ``push`` source's snapshot from standard input
   (one address or ``@domain`` a line; the last line must be ``# end COUNT``), with the same
   shrink rule.
+- ``table``: rewrite the Postfix table only (policyd runs it at start, after a map reload and
+  when a domain turns stale or fresh).
 
 After each change the Postfix table (``[postfix] recipient_table``) is rewritten.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, TextIO
@@ -53,6 +56,8 @@ def add_arguments(subparsers: Any) -> None:
                                    "standard input (last line: '# end COUNT')")
     importing.add_argument("name")
     importing.add_argument("--domain", help="replace only this domain's addresses")
+    actions.add_parser("table", help="rewrite the Postfix recipient table ([postfix] "
+                       "recipient_table) from the current snapshots and files")
     parser.set_defaults(run=run)
 
 
@@ -64,6 +69,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return run_status(context, args.json)
     if args.action == "accept":
         return run_accept(context, args.name)
+    if args.action == "table":
+        return EXIT_OK if refresh_table(context) else EXIT_FAILED
     return run_import(context, args.name, args.domain, sys.stdin)
 
 
@@ -106,8 +113,14 @@ def refresh_table(context: CommandContext) -> bool:
     return True
 
 
+#: the sync's CPU priority (nice): reading a million rows is background work that must not
+#: take the CPU from policyd's answers on a small machine
+SYNC_NICENESS = 10
+
+
 def run_sync(context: CommandContext, name: Optional[str], due: bool) -> int:
     config = context.config
+    os.nice(SYNC_NICENESS)
     if name is not None:
         one = _source(context, name, FETCH_TYPES)
         if one is None:

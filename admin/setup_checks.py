@@ -390,6 +390,28 @@ def check_dns(domain: str, spec: PrimarySpec, dns: DomainDns, hostname: str) -> 
     return results
 
 
+def check_notify(config: Config, postconf: Mapping[str, str],
+                 lookup: Optional[TableLookup] = None) -> List[Result]:
+    """``[notify] mail_to`` must not be in a domain this host relays: the notice would be held
+    here with the very mail it reports on. Nothing to say when mail_to is not set."""
+    address = config.notify.mail_to
+    if not address:
+        return []
+    domain = normalize_domain(address.rpartition("@")[2])
+    relayed = domain in config.domains or domain_list_matches(
+        postconf.get("relay_domains", ""), domain,
+        parent_matches_subdomains(postconf, "relay_domains"), lookup)
+    if relayed:
+        return [Result("notify mail_to", FAIL,
+                       f"{address} is in {domain}, a relay domain of this host: while its "
+                       f"primary is down the notice would be held here too",
+                       "[notify] mail_to = an address in a domain this host does not relay")]
+    if relayed is None:
+        return [Result("notify mail_to", WARN, f"cannot tell whether {domain} is in "
+                       "relay_domains (a table could not be queried)")]
+    return [Result("notify mail_to", OK, f"{address} is not in a relay domain of this host")]
+
+
 def check_maps(config: Config, load: Callable[[Config], "LoadedMaps"]) -> List[Result]:
     """Recipient maps and the allowlist must parse; say which domains no map covers."""
     from backupmx.common.recipient_map import MapError

@@ -94,10 +94,42 @@ def _flush_text(flush: Optional[Dict[str, Any]], now: float) -> str:
             f"{flush['delivered']} left, {flush['remaining']} remain")
 
 
+def recipient_snapshots(config: Config, states: Mapping[str, Any],
+                        now: float) -> Dict[str, Dict[str, Any]]:
+    """Per configured domain: how old its newest applied recipient snapshot is
+    (``snapshot_age_seconds``, None when no pulled or pushed source ever delivered it, or
+    only ``file`` sources speak for it) and whether it is ``fresh`` (None: no source syncs it)."""
+    rows: Dict[str, Dict[str, Any]] = {}
+    for domain in config.domains:
+        newest: Optional[float] = None
+        fresh: Optional[bool] = None
+        for source in config.sources:
+            if source.type == "file" or domain not in source.domains:
+                continue
+            state = states.get(source.name)
+            current = state.domains.get(domain) if state is not None else None
+            applied = current.applied_at if current is not None else None
+            fresh = bool(fresh) or (applied is not None and now < applied + source.stale_after)
+            if applied is not None and (newest is None or applied > newest):
+                newest = applied
+        rows[domain] = {"snapshot_age_seconds": None if newest is None else max(0, now - newest),
+                        "fresh": fresh}
+    return rows
+
+
+def _recipients_text(row: Mapping[str, Any]) -> str:
+    recipients = row.get("recipients") or {}
+    if recipients.get("fresh") is None:
+        return "-"
+    age = _duration(recipients.get("snapshot_age_seconds"))
+    return age if recipients["fresh"] else f"STALE {age}"
+
+
 def render_table(status: Mapping[str, Any]) -> str:
     """The status for people: aligned columns, durations like 2d03h or 5m07s."""
     now = status["generated_at"]
-    header = ("DOMAIN", "PRIMARY", "HELD", "BYTES", "OLDEST", "BOUNCES IN", "LAST FLUSH")
+    header = ("DOMAIN", "PRIMARY", "HELD", "BYTES", "OLDEST", "BOUNCES IN", "RECIPIENTS",
+              "LAST FLUSH")
     lines = [header]
     for row in status["domains"]:
         name = row["domain"] if row["configured"] else f"{row['domain']} (not configured)"
@@ -106,10 +138,18 @@ def render_table(status: Mapping[str, Any]) -> str:
             held += f" ({row['adopted_messages']} adopted)"
         lines.append((name, row["primary"], held, _size(row["held_bytes"]),
                       _duration(row["oldest_held_seconds"]), _duration(row["bounces_in_seconds"]),
-                      _flush_text(row["last_flush"], now)))
+                      _recipients_text(row), _flush_text(row["last_flush"], now)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     text = "\n".join("  ".join([*(c.ljust(w) for c, w in zip(line, widths)), line[-1]]).rstrip()
                      for line in lines)
+    fleet = status.get("fleet")
+    if fleet:
+        last = fleet["last_push_seconds"]
+        text += (f"\nfleet push: last {'never' if last is None else _duration(last) + ' ago'}, "
+                 f"{fleet['pending_changes']} changes pending (lag "
+                 f"{_duration(fleet['lag_seconds'])})")
+        if fleet["last_error"]:
+            text += f"; last error: {fleet['last_error']}"
     notes = "".join(f"\nwarning: {w}" for w in status.get("warnings", []))
     return text + notes + "\n"
 
@@ -139,8 +179,19 @@ def collect_status(ctx: CommandContext, probe: bool = True) -> Dict[str, Any]:
         warnings.append(f"maximal_queue_lifetime unknown: {error}")
     prober = ctx.probe if probe else not_probed
     reports = prober(ctx.config.domains, ctx.probe_timeout)
-    return build_status(list(ctx.config.domains), summaries, reports, flushes, lifetime, now,
-                        warnings)
+    status = build_status(list(ctx.config.domains), summaries, reports, flushes, lifetime, now,
+                          warnings)
+    from backupmx.common.recipient_sources import read_states
+    snapshots = recipient_snapshots(ctx.config, read_states(ctx.config), now)
+    for row in status["domains"]:
+        row["recipients"] = snapshots.get(row["domain"])
+    if ctx.config.fleet is not None:
+        from backupmx.admin.fleet import local_push_state
+        try:
+            status["fleet"] = local_push_state(ctx)
+        except (LedgerError, sqlite3.Error) as error:
+            warnings.append(f"fleet push state unknown: {error}")
+    return status
 
 
 def add_arguments(subparsers: Any) -> None:
@@ -151,6 +202,8 @@ def add_arguments(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--prometheus", action="store_true",
                         help="Prometheus text format (for node_exporter's textfile collector)")
+    parser.add_argument("--fleet", action="store_true",
+                        help="every host of the fleet ([fleet]), read from the fleet store")
     parser.add_argument("--no-probe", action="store_true",
                         help="do not probe the primaries (reported as unknown)")
     parser.set_defaults(run=run)
@@ -159,6 +212,8 @@ def add_arguments(subparsers: Any) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     ctx = CommandContext.from_config(config)
     try:
+        if getattr(args, "fleet", False):
+            return show_fleet_status(ctx, as_json=args.json)
         return show_status(ctx, as_json=args.json, probe=not args.no_probe,
                            as_prometheus=getattr(args, "prometheus", False))
     finally:
@@ -175,4 +230,27 @@ def show_status(ctx: CommandContext, as_json: bool = False, probe: bool = True,
         ctx.out.write(json.dumps(status, indent=2, sort_keys=False) + "\n")
     else:
         ctx.out.write(render_table(status))
+    return 0
+
+
+def show_fleet_status(ctx: CommandContext, as_json: bool = False) -> int:
+    """``status --fleet``: the fleet store's view; exit 1 with one line when it cannot be read."""
+    from backupmx.fleet.store import StoreError, connect
+    from backupmx.fleet.view import fleet_status, render_fleet_table
+    if ctx.config.fleet is None:
+        ctx.warn(f"status --fleet: no [fleet] section in {ctx.config.path}")
+        return 1
+    try:
+        pg = connect(ctx.config.fleet)
+        try:
+            status = fleet_status(pg)
+        finally:
+            pg.close()
+    except StoreError as error:
+        ctx.warn(f"status --fleet: {error}")
+        return 1
+    if as_json:
+        ctx.out.write(json.dumps(status, indent=2) + "\n")
+    else:
+        ctx.out.write(render_fleet_table(status))
     return 0

@@ -43,6 +43,17 @@ class _StatusCollector:
             primary.add_metric([domain], {"up": 1.0, "down": 0.0}.get(state, -1.0))
         yield from families.values()
         yield primary
+        fleet = self.status.get("fleet")
+        if fleet:
+            yield GaugeMetricFamily("backupmx_fleet_pending_changes", "Ledger changes not yet "
+                                    "pushed to the fleet store", value=fleet["pending_changes"])
+            yield GaugeMetricFamily("backupmx_fleet_push_lag_seconds", "Age of the oldest "
+                                    "ledger change not yet in the fleet store (0: none)",
+                                    value=fleet["lag_seconds"])
+            if fleet.get("last_push_at") is not None:
+                yield GaugeMetricFamily("backupmx_fleet_last_push_timestamp_seconds",
+                                        "When this host last pushed to the fleet store",
+                                        value=fleet["last_push_at"])
         generated = self.status.get("generated_at")
         if generated is not None:
             yield GaugeMetricFamily("backupmx_status_generated_timestamp_seconds",

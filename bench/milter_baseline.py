@@ -94,6 +94,8 @@ def main() -> int:
     for _ in range(args.rounds):
         for kind in KINDS:  # alternate, so machine noise hits every configuration alike
             results[kind].append(one_round(kind, args.messages, args.clients))
+        print("round: " + ", ".join(f"{kind} {rounds[-1][0]:,.0f}/s"
+                                    for kind, rounds in results.items()), flush=True)
     base = statistics.median(rate for rate, _ in results["no milter"])
     print("| configuration | messages/s (median) | overhead | milter CPU per message |")
     print("|---|---:|---:|---:|")

@@ -1,7 +1,8 @@
 """A pymilter milter that does nothing: the cost any pymilter milter adds, as a baseline.
 
-It asks for the same callbacks as backupmx-milter (connect, header, body, end of message) and
-answers CONTINUE. Usage: python bench/null_milter.py unix:/path/to/socket
+It asks for the same callbacks as backupmx-milter (connect, helo, MAIL FROM, RCPT TO, end of
+message; no header and no body, like it) and answers CONTINUE.
+Usage: python bench/null_milter.py unix:/path/to/socket
 """
 from __future__ import annotations
 
@@ -20,11 +21,15 @@ class NullMilter(Milter.Base):
         return Milter.CONTINUE
 
     @Milter.noreply
-    def header(self, name: str, value: str) -> int:
+    def hello(self, hostname: str) -> int:
         return Milter.CONTINUE
 
     @Milter.noreply
-    def body(self, chunk: bytes) -> int:
+    def envfrom(self, sender: str, *params: str) -> int:
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envrcpt(self, recipient: str, *params: str) -> int:
         return Milter.CONTINUE
 
     def eom(self) -> int:

@@ -14,7 +14,10 @@
    minus its RSS before the fetch (the growth the addresses cost).
 
     .venv/bin/python bench/source_sync.py [--addresses 1000000] [--ldap-addresses N]
-        [--repeats 3] [--python .venv-debian/bin/python] [--only pgsql|ldap]
+        [--repeats 3] [--python .venv-debian/bin/python] [--only pgsql|ldap] [--sync]
+
+``--sync`` times the whole sync instead (``sync_source``: fetch, normalise and group the
+addresses, write the snapshot atomically), as ``backupmx recipients sync`` runs it.
 
 Needs root (PostgreSQL runs as the postgres user) and the packages of .ci/install.
 """
@@ -48,7 +51,7 @@ def rss_kib(field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
 
-kind, settings = sys.argv[1], json.loads(sys.argv[2])
+kind, settings, mode = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 if kind == "pgsql":
     from backupmx.sources.pgsql import fetch
     settings = PgsqlSettings(**settings)
@@ -58,7 +61,23 @@ else:
     settings = LdapSettings(**settings)
 before = rss_kib("VmRSS")
 started = time.perf_counter()
-addresses = fetch(settings, timeout=600)
+if mode == "sync":  # the whole "backupmx recipients sync": fetch, sort out, store the snapshot
+    import tempfile
+    from backupmx.common.source_settings import SourceSettings
+    from backupmx.common.snapshots import SnapshotStore
+    from backupmx.sources.sync import sync_source
+    source = SourceSettings(name="bench", type=kind, driver=settings, timeout=600,
+                            domains=tuple(f"d{n:02}.example.test" for n in range(50)))
+    folder = tempfile.mkdtemp(prefix="sync-bench-")
+    fetched = []
+    def fetching(source):
+        fetched.extend(fetch(source.driver, source.timeout))
+        return fetched
+    outcome = sync_source(source, SnapshotStore(folder), print, fetching)
+    assert outcome.ok and not outcome.held_back, outcome
+    addresses = fetched
+else:
+    addresses = fetch(settings, timeout=600)
 seconds = time.perf_counter() - started
 print(json.dumps({"seconds": seconds, "rows": len(addresses), "distinct": len(set(addresses)),
                   "peak_mib": rss_kib("VmHWM") / 1024,
@@ -95,8 +114,9 @@ def load_slapd(server: Slapd, count: int, folder: Path) -> float:
     return time.perf_counter() - started
 
 
-def fetch_in_child(python: str, kind: str, settings: Dict[str, Any]) -> Dict[str, float]:
-    result = subprocess.run([python, "-c", CHILD, kind, json.dumps(settings)],
+def fetch_in_child(python: str, kind: str, settings: Dict[str, Any],
+                   mode: str = "fetch") -> Dict[str, float]:
+    result = subprocess.run([python, "-c", CHILD, kind, json.dumps(settings), mode],
                             capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"{kind} fetch failed:\n{result.stderr}")
@@ -123,7 +143,11 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter that runs the fetch (e.g. .venv-debian/bin/python)")
     parser.add_argument("--only", choices=("pgsql", "ldap"))
+    parser.add_argument("--sync", action="store_true",
+                        help="time the whole sync (fetch, sort out, store the snapshot: "
+                        "backupmx.sources.sync.sync_source), not the driver alone")
     options = parser.parse_args()
+    mode = "sync" if options.sync else "fetch"
     ldap_count = options.ldap_addresses or options.addresses
     with tempfile.TemporaryDirectory(prefix="source-bench-") as temporary:
         folder = Path(temporary)
@@ -142,7 +166,7 @@ def main() -> None:
                 settings = {"dsn": postgres.dsn("reader", "directory"),
                             "password_file": str(password_file),
                             "query": "SELECT address FROM users WHERE active"}
-                runs = [fetch_in_child(options.python, "pgsql", settings)
+                runs = [fetch_in_child(options.python, "pgsql", settings, mode)
                         for _ in range(options.repeats)]
                 report("PostgreSQL (pgsql)", runs, options.addresses)
             finally:
@@ -157,7 +181,7 @@ def main() -> None:
                             "bind_password_file": str(password_file),
                             "filter": "(objectClass=inetOrgPerson)", "attributes": ["mail"],
                             "page_size": 1000}
-                runs = [fetch_in_child(options.python, "ldap", settings)
+                runs = [fetch_in_child(options.python, "ldap", settings, mode)
                         for _ in range(options.repeats)]
                 report("LDAP (ldap, paged)", runs, ldap_count)
             finally:

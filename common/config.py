@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from backupmx.common.listen import ListenAddress, optional_listen, parse_host_port, parse_listen
+from backupmx.common.postfix_values import parse_time
 from backupmx.common.source_settings import (
     FileSettings,
     SourceSettings,
@@ -25,8 +26,10 @@ from backupmx.common.values import (
     boolean,
     choice,
     domain_name,
+    optional_mail_address,
     positive_int,
     positive_seconds,
+    postfix_duration,
     share,
 )
 
@@ -61,7 +64,9 @@ class PolicydConfig:
     sender_networks: Optional[str]
     primary_up_action: str
     probe_interval: float
+    probe_interval_down: float
     probe_timeout: float
+    flush_on_return: bool
     primary_up_after: int
     primary_down_after: int
     recipient_delimiter: Optional[str]  # None: ask Postfix (postconf recipient_delimiter)
@@ -92,12 +97,42 @@ class PostfixConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """``[notify]``: who is told when mail is held (off while neither mail_to nor command is set);
+    durations in seconds."""
+
+    mail_to: Optional[str] = None
+    command: Optional[str] = None
+    held_after: int = 15 * 60
+    repeat: int = 24 * 3600
+    bounce_warning: int = 24 * 3600
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.mail_to or self.command)
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """``[fleet]``: the shared PostgreSQL store of a fleet of backup MXes (optional section)."""
+
+    database: str  # libpq URI (postgresql://...) or conninfo (key=value ...)
+    password_file: Optional[str]
+    host_id: Optional[str]  # None: Postfix's myhostname, asked when the fleet is used
+    push_interval: float  # seconds between pushes (the flush timer's period)
+    retention: int  # seconds a delivered message's rows are kept, locally and in the store
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     policyd: PolicydConfig
     milter: MilterConfig
     postfix: PostfixConfig
     domains: Mapping[str, PrimarySpec] = field(default_factory=dict)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+
+    fleet: Optional[FleetConfig] = None  # None: no [fleet] section
     #: every recipient source: the [policyd] recipients files first (type file, named by their
     #: path, speaking for every domain), then the [recipients NAME] sections in file order
     sources: Tuple[SourceSettings, ...] = ()
@@ -132,6 +167,39 @@ def _user_name(text: str) -> Optional[str]:
     return text or None
 
 
+def _database(text: str) -> str:
+    """A libpq connection string: a URI or key=value conninfo (checked by psycopg when used)."""
+    if not text:
+        return ""  # required when [fleet] is written: parse_config says so
+    if "://" in text and not re.match(r"postgres(ql)?://", text):
+        raise ValueError(f"{text!r} is not a postgresql:// URI")
+    if "://" not in text and "=" not in text:
+        raise ValueError(f"{text!r} is neither a postgresql:// URI nor key=value conninfo")
+    if re.search(r"(^|\s)password\s*=|://[^/@]*:[^/@]*@", text):
+        raise ValueError("holds a password: put it in password_file instead")
+    return text
+
+
+def _host_id(text: str) -> Optional[str]:
+    if not text:
+        return None
+    try:
+        return domain_name(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a host name") from None
+
+
+def _retention(text: str) -> int:
+    """Postfix time syntax, days when no unit: 30, 30d, 2w, 12h (parse_time)."""
+    try:
+        seconds = parse_time(text, default_unit="d")
+    except ValueError as error:
+        raise ValueError(f"{text!r} is not a time (30d, 2w, 12h): {error}") from None
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be positive")
+    return seconds
+
+
 def _primary(text: str) -> PrimarySpec:
     if text.lower() == "mx":
         return PrimarySpec(host=None)
@@ -147,7 +215,11 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
         "sender_networks": (_optional_path, ""),
         "primary_up_action": (choice(*PRIMARY_UP_ACTIONS), "defer"),
         "probe_interval": (positive_seconds, "30"),
+        # while a primary is reported down: probe it this often, so its return is seen soon
+        "probe_interval_down": (positive_seconds, "10"),
         "probe_timeout": (positive_seconds, "5"),
+        # run `backupmx flush DOMAIN --on-return` when a domain's primary is reported up again
+        "flush_on_return": (boolean, "yes"),
         # hysteresis: consecutive probes that must agree before the reported state changes
         "primary_up_after": (positive_int, "2"),
         "primary_down_after": (positive_int, "1"),
@@ -175,7 +247,23 @@ SCHEMA: Dict[str, Dict[str, Tuple[Callable[[str], object], str]]] = {
         "config_directory": (_optional_path, ""),
         "recipient_table": (_optional_path, ""),
     },
+    # off unless mail_to or command is set; evaluated by every `backupmx flush --auto` run
+    "notify": {
+        "mail_to": (optional_mail_address, ""),
+        "command": (_optional_path, ""),
+        "held_after": (postfix_duration, "15m"),
+        "repeat": (postfix_duration, "24h"),
+        "bounce_warning": (postfix_duration, "24h"),
+    },
+    "fleet": {
+        "database": (_database, ""),
+        "password_file": (_optional_path, ""),
+        "host_id": (_host_id, ""),
+        "push_interval": (positive_seconds, "60"),
+        "retention": (_retention, "30d"),
+    },
 }
+OPTIONAL_SECTIONS = ("fleet",)  # present only when written; the others always have defaults
 #: a section "[recipients NAME]" (any NAME) is one recipient source: backupmx.common.source_settings
 SOURCE_SECTION = "recipients "
 
@@ -268,17 +356,28 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     policyd = _section_values(path, "policyd", sections.get("policyd", {}))
     milter = _section_values(path, "milter", sections.get("milter", {}))
     postfix = _section_values(path, "postfix", sections.get("postfix", {}))
+    notify = _section_values(path, "notify", sections.get("notify", {}))
     if milter["journal"] is None:
         milter["journal"] = f"{milter['ledger']}.journal"
     domains = _domains(path, sections.get("domains", {}))
     recipient_files: Tuple[str, ...] = policyd["recipients"]  # type: ignore[assignment]
+    fleet = None
+    if "fleet" in sections:
+        values = _section_values(path, "fleet", sections["fleet"])
+        if not values["database"]:
+            raise ConfigError(f"{path}:{headers.get('fleet')}: [fleet] database: is required: "
+                              f"a libpq URI "
+                              f"(postgresql://...) or conninfo (host=... dbname=...)")
+        fleet = FleetConfig(**values)  # type: ignore[arg-type]  # values typed by SCHEMA parsers
     return Config(
         path=path,
         policyd=PolicydConfig(**policyd),  # type: ignore[arg-type]  # values typed by SCHEMA parsers
         milter=MilterConfig(**milter),  # type: ignore[arg-type]  # (ditto)
         postfix=PostfixConfig(**postfix),  # type: ignore[arg-type]  # (ditto)
         domains=domains,
+        notify=NotifyConfig(**notify),  # type: ignore[arg-type]  # (ditto)
         sources=_sources(path, recipient_files, sections, headers, domains),
+        fleet=fleet,
     )
 
 

@@ -79,6 +79,25 @@ class Postfix:
         return self.run("postqueue", "-s", domain, check=False)
 
 
+    def sendmail(self, recipient: str, message: str) -> None:
+        """Submit a message (RFC 5322 text, LF line ends) to one recipient through Postfix's
+        ``sendmail`` (``-C`` config_directory, ``-i``: a lone dot is no end). PostfixError when
+        it cannot be run or refuses the message."""
+        command = ["sendmail", *(["-C", self.config_directory] if self.config_directory
+                                 else []), "-i", "--", recipient]
+        try:
+            result = subprocess.run(command, input=message, capture_output=True, text=True,
+                                    timeout=self.timeout, check=False)
+        except FileNotFoundError:
+            raise PostfixError("sendmail: not found; is Postfix installed?") from None
+        except subprocess.TimeoutExpired:
+            raise PostfixError(f"{' '.join(command)}: no answer in {self.timeout:.0f} s") from None
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            reason = detail[-1] if detail else f"exit status {result.returncode}"
+            raise PostfixError(f"{' '.join(command)}: {reason}")
+
+
 def parse_postconf(lines: Sequence[str]) -> Dict[str, str]:
     """Parse ``name = value`` lines as postconf prints them."""
     values: Dict[str, str] = {}

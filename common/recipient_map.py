@@ -50,7 +50,9 @@ class MapError(ValueError):
 class RecipientMap:
     """Valid relay recipients, grouped by domain for compact storage and fast lookup."""
 
-    users: Dict[str, FrozenSet[str]] = field(default_factory=dict)  # domain -> local parts
+    #: domain -> local parts; never changed once built (sets, not frozensets: freezing a
+    #: million-address domain would hold the GIL for one long stretch, see load_recipient_map)
+    users: Dict[str, AbstractSet[str]] = field(default_factory=dict)
     catch_all: FrozenSet[str] = frozenset()  # domains whose every recipient is valid
     delimiters: str = ""
     sources: Tuple[str, ...] = ()
@@ -353,6 +355,10 @@ def parse_recipient_lines(
 
 #: lines parsed between two pauses: about 4 ms of work
 PAUSE_EVERY = 2000
+#: addresses freed between two pauses when a replaced map is released
+RELEASE_STEP = 20_000
+#: larger domains stay mutable sets (see load_recipient_map)
+FREEZE_MAX = 5 * RELEASE_STEP
 
 
 def _pausing(lines: Iterable[str], pause: Callable[[], None]) -> Iterator[str]:
@@ -404,13 +410,19 @@ def load_recipient_map(paths: Iterable[str], delimiters: str = "",
                 pause()
         catch_all |= file_catch_all
         sources.append(path)
-    frozen: Dict[str, FrozenSet[str]] = {}
+    # A domain's set is frozen (a compact copy: a grown set keeps up to 4 times the slots it
+    # needs) unless it is larger than FREEZE_MAX: frozenset() of a domain with a million
+    # addresses copies it in one step that holds the GIL for about 100 ms, and a mutable set
+    # can later be freed in small steps (release_in_steps).
+    built: Dict[str, AbstractSet[str]] = {}
     for domain in list(users):
-        frozen[domain] = frozenset(users.pop(domain))
+        locals_ = users.pop(domain)
+        built[domain] = frozenset(locals_) if len(locals_) <= FREEZE_MAX else locals_
+        del locals_
         if pause is not None:
             pause()
     return RecipientMap(
-        users=frozen,
+        users=built,
         catch_all=frozenset(catch_all),
         delimiters=delimiters,
         sources=tuple(sources),
@@ -420,12 +432,22 @@ def load_recipient_map(paths: Iterable[str], delimiters: str = "",
     )
 
 
+
+
 def release_in_steps(users: Dict[str, AbstractSet[str]], pause: Callable[[], None]) -> None:
-    """Empty a replaced map's domain -> set dict one domain at a time, pausing in between.
+    """Empty a replaced map's domain -> set dict, pausing every RELEASE_STEP addresses.
 
     Run in a worker thread on a dict that holds the last references to the sets: each set (and
-    its strings) is then freed here, in pieces the size of one domain, not in the reactor.
+    its strings) is then freed here, in small pieces, not in the reactor. A mutable set (what a
+    reload builds) is drained RELEASE_STEP elements at a time, so even a single domain of a
+    million addresses is never freed in one long stretch holding the GIL.
     """
     while users:
-        users.popitem()
+        _, locals_ = users.popitem()
+        if isinstance(locals_, set):
+            while locals_:
+                for _ in range(min(RELEASE_STEP, len(locals_))):
+                    locals_.pop()
+                pause()
+        del locals_
         pause()

@@ -65,6 +65,15 @@ def classify(rows: Iterable[str], domains: Sequence[str]) -> Classified:
     return Classified({d: frozenset(k) for d, k in keys.items()}, ignored, malformed, first)
 
 
+def loses_too_much(old_count: int, new_count: int, max_shrink: float) -> bool:
+    """The one shrink rule, for synced sources and for map files alike: more than
+    ``max_shrink`` (a fraction 0..1) of ``old_count`` keys lost, compared as counts (as many new
+    keys as old ones lost is not a shrink). A valid user must never get a 5xx because a file or
+    a directory answer was caught half-way."""
+    lost = old_count - new_count
+    return lost > 0 and lost > max_shrink * old_count
+
+
 def judge(old_count: Optional[int], new_count: int, max_shrink: float) -> Optional[str]:
     """Why a domain's new result must be held back, or None to apply it.
 
@@ -73,11 +82,10 @@ def judge(old_count: Optional[int], new_count: int, max_shrink: float) -> Option
     counts (a result with as many new addresses as it lost old ones is not a shrink)."""
     if new_count == 0:
         return "the source returned no address for it"
-    if old_count:
+    if old_count and loses_too_much(old_count, new_count, max_shrink):
         lost = old_count - new_count
-        if lost > 0 and lost > max_shrink * old_count:
-            return (f"it would shrink from {old_count} to {new_count} addresses "
-                    f"({lost / old_count:.0%} lost, more than max_shrink {max_shrink:.0%})")
+        return (f"it would shrink from {old_count} to {new_count} addresses "
+                f"({lost / old_count:.0%} lost, more than max_shrink {max_shrink:.0%})")
     return None
 
 

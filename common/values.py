@@ -6,7 +6,7 @@ One definition of each syntax for every section (the daemons' settings, ``[domai
 from __future__ import annotations
 
 import re
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 from backupmx.common.addresses import normalize_domain
 
@@ -88,3 +88,21 @@ def share(text: str) -> float:
     if not 0 <= value <= 1:
         raise ValueError(f"{text!r} must be between 0% and 100%")
     return value
+
+
+def postfix_duration(text: str) -> int:
+    """Seconds, in Postfix's time syntax (common.postfix_values.parse_time): ``15m``, ``24h``,
+    ``2d``, or a bare number of seconds; 0 allowed."""
+    from backupmx.common.postfix_values import parse_time
+    try:
+        return parse_time(text, default_unit="s")
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (like 900, 15m, 24h or 2d)") from None
+
+
+def optional_mail_address(text: str) -> Optional[str]:
+    """A plain ``user@domain`` address (no brackets, comments or lists), or None when empty."""
+    if text and (text.count("@") != 1 or text.startswith("@") or text.endswith("@")
+                 or any(c.isspace() or c in "<>,;\"()" for c in text)):
+        raise ValueError(f"{text!r} is not a plain mail address (user@domain)")
+    return text or None

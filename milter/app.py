@@ -1,10 +1,13 @@
-"""The pymilter layer: collect a message's envelope and size, record it at end-of-message.
+"""The pymilter layer: collect a message's envelope, record it at end-of-message.
 
-Thin on purpose: callbacks feed ``recorder.Envelope``, ``eom`` asks ``recorder.build_record`` and
+Thin on purpose: callbacks feed ``envelope.Envelope``, ``eom`` asks ``envelope.build_record`` and
 hands the result to the ledger. Every callback is ``@noreply`` where the protocol allows (Postfix
-does not wait for us before the end of message), callbacks we do not override (data, eoh,
-unknown) are not negotiated at all, no modification action is requested, and every answer is
-CONTINUE: the milter never changes, delays or rejects mail.
+does not wait for us before the end of message). The message content is never asked for: the
+milter negotiates SMFIP_NOHDRS, SMFIP_NOEOH and SMFIP_NOBODY (Postfix then sends no header and
+no body chunk at all), and the size comes from MAIL FROM's ``SIZE=`` or, exactly, from the queue
+at the next reconciliation. Callbacks we do not override (data, unknown) are not negotiated
+either, no modification action is requested, and every answer is CONTINUE: the milter never
+changes, delays or rejects mail.
 """
 from __future__ import annotations
 
@@ -15,26 +18,49 @@ from typing import Any, Callable, Collection, FrozenSet, Optional
 
 import Milter
 
-from backupmx.milter.envelope import Envelope, bare_address, build_record, clean_text
+from backupmx.milter.envelope import (
+    Envelope,
+    bare_address,
+    build_record,
+    clean_text,
+    declared_size,
+)
+
+#: the content steps this milter never asks for (it overrides none of header, eoh, body)
+NO_CONTENT = Milter.P_NOHDRS | Milter.P_NOEOH | Milter.P_NOBODY
 
 log = logging.getLogger("backupmx.milter")
 
 
-@dataclass(frozen=True)
+@dataclass
 class MilterSettings:
     """What every connection's milter shares: the ledger (``record(MessageRecord)``), the
-    relay domains (lower-case) and the clock (Unix seconds)."""
+    relay domains (lower-case) and the clock (Unix seconds).
+
+    ``domains`` is replaced whole (one assignment) when the configuration file changes
+    (config_watch.ConfigWatcher); each message reads it once, at end of message.
+    """
 
     ledger: Any
     domains: FrozenSet[str]
     clock: Callable[[], float] = time.time
 
 
+class MilterFactory:
+    """What ``Milter.factory`` must be: a callable making one LedgerMilter per connection,
+    all sharing ``settings``."""
+
+    def __init__(self, settings: MilterSettings) -> None:
+        self.settings = settings
+
+    def __call__(self) -> "LedgerMilter":
+        return LedgerMilter(self.settings)
+
+
 def milter_factory(ledger: Any, domains: Collection[str],
-                   clock: Callable[[], float] = time.time) -> Callable[[], "LedgerMilter"]:
-    """What ``Milter.factory`` must be: a callable making one LedgerMilter per connection."""
-    settings = MilterSettings(ledger, frozenset(d.lower() for d in domains), clock)
-    return lambda: LedgerMilter(settings)
+                   clock: Callable[[], float] = time.time) -> MilterFactory:
+    """The factory for a ledger and relay domains (any case)."""
+    return MilterFactory(MilterSettings(ledger, frozenset(d.lower() for d in domains), clock))
 
 
 class LedgerMilter(Milter.Base):
@@ -49,7 +75,9 @@ class LedgerMilter(Milter.Base):
         self.connected = False
 
     def negotiate(self, opts: list) -> int:
-        """Standard negotiation of callbacks, but ask for no modification actions at all."""
+        """Standard negotiation of callbacks: pymilter sets the SMFIP_NO* bit of every callback
+        not overridden here, so the content (NO_CONTENT) is never sent; and no modification
+        actions at all."""
         result = super().negotiate(opts)
         opts[0] = self._actions = 0
         return result
@@ -70,32 +98,13 @@ class LedgerMilter(Milter.Base):
 
     @Milter.noreply
     def envfrom(self, sender: str, *params: str) -> int:
-        self.envelope = Envelope(sender=bare_address(sender))
+        self.envelope = Envelope(sender=bare_address(sender), size=declared_size(params))
         return Milter.CONTINUE
 
     @Milter.noreply
     def envrcpt(self, recipient: str, *params: str) -> int:
         if self.envelope is not None:
             self.envelope.recipients.append(bare_address(recipient))
-        return Milter.CONTINUE
-
-    @Milter.noreply
-    @Milter.decode("bytes")
-    def header(self, name: Any, value: Any) -> int:
-        if self.envelope is not None:
-            self.envelope.add_header(name, value)
-        return Milter.CONTINUE
-
-    @Milter.noreply
-    def eoh(self) -> int:
-        if self.envelope is not None:
-            self.envelope.end_of_headers()
-        return Milter.CONTINUE
-
-    @Milter.noreply
-    def body(self, chunk: bytes) -> int:
-        if self.envelope is not None:
-            self.envelope.add_body(chunk)
         return Milter.CONTINUE
 
     def eom(self) -> int:
@@ -148,3 +157,4 @@ class LedgerMilter(Milter.Base):
                       "not recorded by the milter: backupmx status and flush adopt it from "
                       "Postfix's queue")
         return Milter.CONTINUE
+

@@ -3,11 +3,16 @@
 Pure code, no pymilter: the milter callbacks only feed an ``Envelope``; ``build_record`` decides
 what goes into the ledger. Only recipients of configured relay domains count (a backup MX holds
 mail for those alone); a message without any is not recorded at all.
+
+The milter never sees the message content (it negotiates no headers and no body), so the size
+it records is the one the client declared with the ``SIZE=`` parameter of MAIL FROM (RFC 1870),
+or 0 when none was given; the exact size Postfix stores (``postqueue -j``'s ``message_size``)
+replaces it when reconciliation first sees the message in the queue (admin/queue.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from backupmx.common.addresses import address_domain
 
@@ -68,34 +73,29 @@ class MessageRecord:
 
 @dataclass
 class Envelope:
-    """What the callbacks collected for the current message of one SMTP session."""
+    """What the callbacks collected for the current message of one SMTP session; ``size`` is
+    the client's ``SIZE=`` declaration in bytes (0: none)."""
 
     sender: str = ""
     recipients: List[str] = field(default_factory=list)
     size: int = 0
 
-    def add_header(self, name: Any, value: Any) -> None:
-        """Count a header as it travels in the message: ``Name: value`` CRLF, folded lines too
-        (the MTA hands them over with bare LF line breaks, the wire has CRLF)."""
-        self.size += _length(name) + 2 + _wire_length(value) + 2
 
-    def end_of_headers(self) -> None:
-        self.size += 2  # the empty line between header and body
-
-    def add_body(self, chunk: Any) -> None:
-        self.size += _length(chunk)
+#: the largest SIZE= value taken (Postfix's own message_size_limit cannot exceed it either)
+MAX_DECLARED_SIZE = 2**53
 
 
-def _wire_length(value: Any) -> int:
-    data = value if isinstance(value, (bytes, bytearray)) else str(value).encode(
-        "utf-8", "surrogateescape")
-    return len(data) + data.count(b"\n") - data.count(b"\r\n")
-
-
-def _length(value: Any) -> int:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return len(value)
-    return len(str(value).encode("utf-8", "surrogateescape"))
+def declared_size(params: Sequence[Any]) -> int:
+    """The ``SIZE=`` value among MAIL FROM parameters (RFC 1870, keyword case-insensitive), in
+    bytes; 0 when absent or not a plain decimal number (the queue's figure replaces it later)."""
+    for param in params:
+        keyword, sep, value = clean_text(param).partition("=")
+        if sep and keyword.strip().upper() == "SIZE":
+            value = value.strip()
+            if value.isascii() and value.isdigit() and int(value) <= MAX_DECLARED_SIZE:
+                return int(value)
+            return 0
+    return 0
 
 
 def relay_recipients(recipients: List[str], domains: Collection[str]) -> Dict[str, Tuple[str, ...]]:

@@ -81,8 +81,62 @@ MIGRATIONS: Tuple[str, ...] = (
     ALTER TABLE message_domains ADD COLUMN adopted_at REAL;
     CREATE INDEX messages_queue_id ON messages (queue_id);
     """,
+    # 4: what `[notify]` last sent per domain (admin/notify_events.py), so that each event is
+    # sent once across `backupmx flush --auto` runs.
+    """
+    CREATE TABLE notify_state (
+        domain TEXT PRIMARY KEY,
+        held_sent_at REAL,
+        last_sent_at REAL,
+        bounce_warned_at REAL
+    );
+    """,
+    # 5 (fleet): the outbox of changes to push to the fleet store (backupmx.fleet). Triggers add
+    # one row per new (message, domain) row, per change of its state (or adoption) and of a
+    # message's details, and per flush event written, only while fleet_push.enabled (set by the
+    # first push), inside the writer's own transaction: nothing more on the SMTP path than one
+    # local INSERT per relay domain of the message. AUTOINCREMENT: sequence
+    # numbers are never reused, so the watermark in the fleet store stays meaningful. The token
+    # names this ledger in the store: a new ledger (its ids start again) or a second host with
+    # the same host_id is told apart from the ledger that pushed before.
+    """
+    CREATE TABLE fleet_push (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        enabled INTEGER NOT NULL DEFAULT 0,
+        pushed_seq INTEGER NOT NULL DEFAULT 0,
+        last_attempt_at REAL,
+        last_success_at REAL,
+        last_error TEXT NOT NULL DEFAULT '',
+        token TEXT NOT NULL DEFAULT (lower(hex(randomblob(16))))
+    );
+    INSERT INTO fleet_push (id) VALUES (1);
+    CREATE TABLE fleet_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL CHECK (kind IN ('message', 'flush')),
+        ref INTEGER NOT NULL,
+        queued_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
+    );
+    CREATE TRIGGER fleet_outbox_message AFTER INSERT ON message_domains
+        WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('message', NEW.message_id); END;
+    CREATE TRIGGER fleet_outbox_message_state AFTER UPDATE OF state, adopted_at
+        ON message_domains WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('message', NEW.message_id); END;
+    CREATE TRIGGER fleet_outbox_message_details AFTER UPDATE OF received_at, sender, size
+        ON messages WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('message', NEW.id); END;
+    CREATE TRIGGER fleet_outbox_flush AFTER INSERT ON flush_events
+        WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('flush', NEW.id); END;
+    CREATE TRIGGER fleet_outbox_flush_update AFTER UPDATE ON flush_events
+        WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('flush', NEW.id); END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+#: a milter record and an adopted row of the same queue id this close in time (seconds) are
+#: the same message (Postfix reuses a short queue id only much later)
+ADOPTED_MATCH_SECONDS = 3600.0
 
 
 class _Slot:
@@ -170,7 +224,16 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def _statements(script: str) -> List[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The statements of a migration script; a ``;`` inside a trigger's BEGIN ... END does not
+    end its statement (sqlite3.complete_statement decides)."""
+    statements: List[str] = []
+    current = ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if current.strip(" \n;") and sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
 
 
 SYNC_LEVELS = {"normal": "NORMAL", "full": "FULL"}
@@ -301,6 +364,8 @@ class Ledger:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for record in records:
+                if self._complete_adopted(conn, record):
+                    continue
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO messages (queue_id, received_at, sender, size,"
                     " client_addr, client_name, helo) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -318,6 +383,33 @@ class Ledger:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _complete_adopted(conn: sqlite3.Connection, record: MessageRecord) -> bool:
+        """A milter record arriving after reconciliation adopted the same message from the queue
+        (the milter's write waited in the journal meanwhile): the adopted row takes the
+        milter's details instead of a second row being added. True when that happened."""
+        found = conn.execute(
+            "SELECT m.id FROM messages m JOIN message_domains md ON md.message_id = m.id"
+            " WHERE m.queue_id = ? AND md.adopted_at IS NOT NULL"
+            " AND ABS(m.received_at - ?) < ? LIMIT 1",
+            (record.queue_id, record.received_at, ADOPTED_MATCH_SECONDS)).fetchone()
+        if found is None:
+            return False
+        message_id = found[0]
+        conn.execute(
+            "UPDATE messages SET received_at = ?, sender = ?, size = ?, client_addr = ?,"
+            " client_name = ?, helo = ? WHERE id = ?",
+            (record.received_at, record.sender, record.size, record.client_addr,
+             record.client_name, record.helo, message_id))
+        conn.execute("UPDATE message_domains SET adopted_at = NULL WHERE message_id = ?",
+                     (message_id,))
+        conn.executemany(
+            "INSERT OR IGNORE INTO message_domains (message_id, domain, recipients, state,"
+            " changed_at) VALUES (?, ?, ?, 'held', ?)",
+            [(message_id, domain, "\n".join(rcpts), record.received_at)
+             for domain, rcpts in record.recipients.items()])
+        return True
 
     def _drop_connection(self) -> None:
         """After a failure start afresh next time (the folder may come back, a lock go away)."""
@@ -343,9 +435,11 @@ class Ledger:
         return [HeldRow._make(row) for row in rows]
 
     def apply_reconciliation(self, gone: Sequence[Tuple[int, str]], seen: Sequence[int],
-                             now: float, flush_id: Optional[int] = None) -> None:
-        """Mark (message, domain) rows as flushed (during a flush) or left, and note sightings."""
-        if not gone and not seen:
+                             now: float, flush_id: Optional[int] = None,
+                             sizes: Sequence[Tuple[int, int]] = ()) -> None:
+        """Mark (message, domain) rows as flushed (during a flush) or left, note sightings, and
+        record the queue's exact size (bytes) of messages seen for the first time."""
+        if not gone and not seen and not sizes:
             return
         state = FLUSHED if flush_id is not None else LEFT
         with self._lock:
@@ -359,6 +453,8 @@ class Ledger:
                 conn.executemany(
                     "UPDATE messages SET seen_in_queue_at = ? WHERE id = ?"
                     " AND seen_in_queue_at IS NULL", [(now, message_id) for message_id in seen])
+                conn.executemany("UPDATE messages SET size = ? WHERE id = ?",
+                                 [(size, message_id) for message_id, size in sizes])
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -465,3 +561,32 @@ class Ledger:
                 " held_before, delivered, remaining, result, detail FROM flush_events"
                 " WHERE id = ?", (flush_id,)).fetchone()
         return FlushEvent(row[0], row[1], row[2], bool(row[3]), *row[4:]) if row else None
+
+    # ---- notification state ----------------------------------------------------------------
+
+    def notify_states(self) -> Dict[str, Tuple[Optional[float], Optional[float], Optional[float]]]:
+        """domain -> (held_sent_at, last_sent_at, bounce_warned_at), Unix seconds or None."""
+        with self._lock:
+            rows = self._connection().execute(
+                "SELECT domain, held_sent_at, last_sent_at, bounce_warned_at"
+                " FROM notify_state").fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def save_notify_states(
+            self, states: Dict[str, Tuple[Optional[float], Optional[float], Optional[float]]]
+    ) -> None:
+        """Replace the whole notification state in one transaction."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM notify_state")
+                conn.executemany(
+                    "INSERT INTO notify_state (domain, held_sent_at, last_sent_at,"
+                    " bounce_warned_at) VALUES (?, ?, ?, ?)",
+                    [(domain, *values) for domain, values in sorted(states.items())])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise

@@ -1,8 +1,9 @@
 """``backupmx-milter -c FILE``: the ledger milter's command line and process wiring.
 
 A process of its own: libmilter owns the signals (SIGTERM, SIGINT and SIGHUP stop it) and runs one
-thread per SMTP connection. Privileges are dropped to ``[milter] user`` before anything is
-created, so the ledger, its journal and a unix socket belong to that user.
+thread per SMTP connection; a small thread follows edits of the configuration file's [domains]
+(config_watch.py). Privileges are dropped to ``[milter] user`` before anything is created, so the
+ledger, its journal and a unix socket belong to that user.
 """
 from __future__ import annotations
 
@@ -88,12 +89,17 @@ def run(config: Config) -> int:
     import milter as libmilter
     from backupmx.common.daemon import drop_privileges, notify, remove_stale_socket
     from backupmx.milter.app import milter_factory
+    from backupmx.milter.config_watch import ConfigWatcher
     from backupmx.milter.readiness import announce_when_listening
 
     settings = config.milter
     dropped = drop_privileges(settings.user)
     ledger = open_ledger(config)
-    Milter.factory = milter_factory(ledger, config.domains)
+    factory = milter_factory(ledger, config.domains)
+    Milter.factory = factory
+    # libmilter takes SIGHUP as "stop": [domains] edits are picked up by watching the file
+    watcher = ConfigWatcher(config, factory.settings)
+    watcher.start()
     if settings.listen.kind == "unix":
         remove_stale_socket(settings.listen.path)
         # libmilter creates the socket with the process umask: make it give the configured mode.
@@ -108,6 +114,7 @@ def run(config: Config) -> int:
         log.error("cannot serve on %s: %s", settings.listen, error)
         return EXIT_FAILED
     finally:
+        watcher.stop()
         ledger.close()
     log.info("backupmx-milter stopped")
     return EXIT_OK

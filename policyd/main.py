@@ -64,6 +64,7 @@ def run(config: Config) -> int:
     from twisted.logger import Logger
 
     from backupmx.common import daemon
+    from backupmx.policyd.flush_on_return import FlushOnReturn
     from backupmx.policyd.logs import start_logging
     from backupmx.policyd.primary_monitor import PrimaryMonitor
     from backupmx.policyd.protocol import PolicyFactory
@@ -76,16 +77,18 @@ def run(config: Config) -> int:
     primaries = PrimaryMonitor(reactor, config.domains, settings.probe_interval,
                                settings.probe_timeout, up_after=settings.primary_up_after,
                                down_after=settings.primary_down_after,
+                               interval_down=settings.probe_interval_down,
                                local_names=_local_names(config))
     service = PolicyService(reactor, config, maps, primaries)
     from backupmx.policyd.recipient_sync import SyncScheduler
     service.scheduler = SyncScheduler(reactor, config, service.check_maps)
+    primaries.listeners.append(FlushOnReturn(reactor, lambda: service.config))
     service.callouts = _callouts(reactor, config, primaries, log)
     # the service holds the maps now: no frame of ours may keep the start-up maps alive after
     # a reload has replaced them (a 1,000,000-address map holds about 110 MiB)
     del maps
-    factory = PolicyFactory(service.respond, settings.idle_timeout, settings.max_line_length,
-                            settings.max_attributes)
+    factory = PolicyFactory.from_settings(service.respond, settings)
+    service.reconfigured.append(lambda new: factory.configure(new.policyd))
     try:
         port = daemon.listen(reactor, settings.listen, factory)
         metrics_port = _serve_metrics(reactor, settings.metrics, service, factory)

@@ -76,6 +76,8 @@ def _state_of(service: Any, factory: Any, counts: DecisionCounts, now: float) ->
         "map_keys": len(service.maps.recipients),
         "last_reload": service.last_reload,
         "held_back": len(service.held_back),
+        "sources": dict(getattr(service, "source_states", {})),
+        "fresh_until": dict(service.policy.fresh_until),
         "callouts": _callout_state(getattr(service, "callouts", None)),
     }
 
@@ -180,8 +182,48 @@ class PolicydCollector:
                                 value=1.0 if succeeded else 0.0)
         yield GaugeMetricFamily("backupmx_reload_timestamp_seconds",
                                 "When the last reload was attempted", value=when)
+        yield from source_families(data["sources"], data["fresh_until"], now)
         if data["callouts"] is not None:
             yield from _callout_families(data["callouts"])
+
+
+def source_families(sources: Dict[str, Any], fresh_until: Dict[str, float],
+                    now: float) -> Iterator[Any]:
+    """Per recipient source (label ``source``, its configured name) and domain: the metric
+    families of the sources' recorded states (backupmx.common.snapshots.SourceState)."""
+    addresses = GaugeMetricFamily("backupmx_recipient_source_addresses",
+                                  "Addresses in the recipient snapshot in use",
+                                  labels=["source", "domain"])
+    held = GaugeMetricFamily("backupmx_recipient_source_held_back",
+                             "1 while a change of the domain's recipients is held back "
+                             "(backupmx recipients accept SOURCE applies it)",
+                             labels=["source", "domain"])
+    success = GaugeMetricFamily("backupmx_recipient_source_last_success_timestamp_seconds",
+                                "When the source was last read successfully",
+                                labels=["source"])
+    attempt = GaugeMetricFamily("backupmx_recipient_source_last_attempt_timestamp_seconds",
+                                "When a sync of the source was last attempted",
+                                labels=["source"])
+    result = GaugeMetricFamily("backupmx_recipient_source_last_result",
+                               "Result of the last sync, one series per result, 1 for the "
+                               "current one", labels=["source", "result"])
+    for name, state in sorted(sources.items()):
+        for domain, domain_state in sorted(state.domains.items()):
+            addresses.add_metric([name, domain], domain_state.addresses)
+            held.add_metric([name, domain], 1.0 if domain_state.held_back else 0.0)
+        if state.last_success is not None:
+            success.add_metric([name], state.last_success)
+        if state.last_attempt is not None:
+            attempt.add_metric([name], state.last_attempt)
+        for value in ("ok", "held_back", "error"):
+            result.add_metric([name, value], 1.0 if state.last_result == value else 0.0)
+    fresh = GaugeMetricFamily("backupmx_recipients_fresh",
+                              "1 while the domain's recipients are fresh (a source synced them "
+                              "within its stale_after), 0 when stale: unknown recipients get 450",
+                              labels=["domain"])
+    for domain, deadline in sorted(fresh_until.items()):
+        fresh.add_metric([domain], 1.0 if deadline > now else 0.0)
+    yield from (addresses, held, success, attempt, result, fresh)
 
 
 class PolicydMetrics:

@@ -8,7 +8,7 @@ On a protocol error the connection is closed without a reply, as Postfix expects
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -92,6 +92,21 @@ class PolicyFactory(Factory):
         self.max_line_length = max_line_length
         self.max_attributes = max_attributes
         self.connections = 0
+
+    @classmethod
+    def from_settings(cls, respond: Responder, settings: Any) -> "PolicyFactory":
+        """A factory with the limits of a ``PolicydConfig`` (idle_timeout, max_line_length,
+        max_attributes)."""
+        factory = cls(respond)
+        factory.configure(settings)
+        return factory
+
+    def configure(self, settings: Any) -> None:
+        """Take the limits of a ``PolicydConfig`` (after a reload): connections made from now
+        on use them; open ones keep those they started with."""
+        self.idle_timeout = settings.idle_timeout
+        self.max_line_length = settings.max_line_length
+        self.max_attributes = settings.max_attributes
 
     def buildProtocol(self, addr: object) -> PolicyProtocol:
         return PolicyProtocol(self)

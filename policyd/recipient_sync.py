@@ -64,6 +64,18 @@ class _SyncProcess(protocol.ProcessProtocol):
                              getattr(reason.value, "signal", None))
 
 
+class _TableProcess(protocol.ProcessProtocol):
+    def __init__(self, scheduler: "SyncScheduler") -> None:
+        self.scheduler = scheduler
+
+    def errReceived(self, data: bytes) -> None:
+        for line in data.splitlines():
+            self.scheduler.child_line(None, line)
+
+    def processEnded(self, reason: Any) -> None:
+        self.scheduler.table_ended(getattr(reason.value, "exitCode", None))
+
+
 class SyncScheduler:
     """Runs each pulled source's sync on its interval (see the module docstring)."""
 
@@ -80,6 +92,8 @@ class SyncScheduler:
         self.timers: Dict[str, Any] = {}
         self.running: Dict[str, Any] = {}  # name -> (transport, kill timer)
         self.stopped = True
+        self._table_running = False
+        self._table_again = False
 
     def sources(self) -> List[SourceSettings]:
         return [s for s in self.config.sources if s.type in FETCH_TYPES]
@@ -91,6 +105,7 @@ class SyncScheduler:
         for source in self.sources():
             delay = first_delay(source.interval, last_attempts.get(source.name), now)
             self.timers[source.name] = self.reactor.callLater(delay, self.run, source)
+        self.refresh_table()
 
     def configure(self, config: Config, last_attempts: Dict[str, Optional[float]]) -> None:
         """A reload: reschedule for the new configuration (running children finish)."""
@@ -110,6 +125,26 @@ class SyncScheduler:
         kill = self.reactor.callLater(source.timeout + KILL_GRACE, self._kill, source)
         self.running[source.name] = (transport, kill)
 
+    def refresh_table(self) -> None:
+        """Rewrite ``[postfix] recipient_table`` in a child (``backupmx recipients table``),
+        when configured; a request while one runs makes it run once more afterwards."""
+        if self.config.postfix.recipient_table is None or self.stopped:
+            return
+        if self._table_running:
+            self._table_again = True
+            return
+        self._table_running = True
+        args = [*self.command, "-c", self.config.path, "recipients", "table"]
+        self.reactor.spawnProcess(_TableProcess(self), args[0], args, env=dict(os.environ))
+
+    def table_ended(self, code: Optional[int]) -> None:
+        self._table_running = False
+        if code != 0:
+            self.log.error("recipient table not written (exit status {code})", code=code)
+        if self._table_again:
+            self._table_again = False
+            self.refresh_table()
+
     def _kill(self, source: SourceSettings) -> None:
         entry = self.running.get(source.name)
         if entry is None:
@@ -121,7 +156,7 @@ class SyncScheduler:
         except Exception as error:  # ProcessExitedAlready: it ended meanwhile
             self.log.debug("kill of sync {name}: {error}", name=source.name, error=error)
 
-    def child_line(self, source: SourceSettings, line: bytes) -> None:
+    def child_line(self, source: Optional[SourceSettings], line: bytes) -> None:
         text = line.decode("utf-8", "replace").strip()
         if text.startswith("backupmx: "):
             text = text[len("backupmx: "):]

@@ -12,7 +12,19 @@ import dataclasses
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import (
+    AbstractSet,
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Set,
+    Tuple,
+)
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -33,11 +45,23 @@ from backupmx.common.maps import (
     recipient_delimiter,
 )
 from backupmx.common.recipient_map import MapError, RecipientMap, release_in_steps
+from backupmx.common.recipient_sources import snapshot_paths
+from backupmx.common.source_rules import loses_too_much
 from backupmx.policyd.codec import Request
 from backupmx.policyd.decision_log import DecisionLog
 from backupmx.policyd.primary_monitor import PrimaryMonitor
 
 DecisionObserver = Callable[[Request, Decision], None]
+ConfigListener = Callable[[Config], None]
+
+#: [policyd] settings a running policyd cannot change: a reload names them when they changed
+RESTART_SETTINGS = ("listen", "metrics", "user")
+
+
+def settings_needing_restart(old: Config, new: Config) -> List[str]:
+    """The ``[policyd]`` settings in RESTART_SETTINGS whose value differs between two configs."""
+    return [name for name in RESTART_SETTINGS
+            if getattr(old.policyd, name) != getattr(new.policyd, name)]
 
 
 def stale_domains(fresh_until: Mapping[str, float], now: float) -> FrozenSet[str]:
@@ -69,31 +93,61 @@ def _under(domain: str, configured: Iterable[str]) -> bool:
 
 @dataclass(frozen=True)
 class Shrink:
-    """One domain whose keys a new map would cut by more than ``[policyd] max_shrink``."""
+    """One domain whose keys a new map would cut by more than ``[policyd] max_shrink``.
+
+    ``before`` is None when the old map had an ``@domain`` catch-all (every address valid).
+    """
 
     domain: str
-    before: int
+    before: Optional[int]
     after: int
 
     def __str__(self) -> str:
-        return f"{self.domain} {self.before} -> {self.after} keys"
+        before = f"@{self.domain} (every address)" if self.before is None else str(self.before)
+        return f"{self.domain} {before} -> {self.after} keys"
+
+
+def only_changed(old: Signature, new: Signature, paths: Iterable[str]) -> bool:
+    """True when every file whose signature differs is one of ``paths``. Recipient sources
+    write their snapshots whole and rename them into place, so such a change needs no wait."""
+    allowed = frozenset(paths)
+    before = dict(old)
+    return all(path in allowed for path, stat in new if before.get(path) != stat) \
+        and len(old) == len(new)
+
+
+def snapshot_domains(recipients: RecipientMap, snapshots: Iterable[str]) -> FrozenSet[str]:
+    """The domains some recipient source's snapshot file has keys for, in this map."""
+    paths = frozenset(snapshots)
+    return frozenset(domain for path, domains in recipients.source_domains if path in paths
+                     for domain in domains)
 
 
 def shrunk_domains(old: RecipientMap, new: RecipientMap, domains: Iterable[str],
-                   max_shrink: float) -> List[Shrink]:
-    """Domains (configured ones and their subdomains) whose key count would drop by more than
-    ``max_shrink`` (a fraction, 0 to 1; 1 never refuses). A map file being rewritten in place
-    (truncated, then written again) looks like this while it is read half-way."""
+                   max_shrink: float, exempt: AbstractSet[str] = frozenset()) -> List[Shrink]:
+    """Domains (configured ones and their subdomains) whose valid addresses would drop by more
+    than ``max_shrink`` (a fraction, 0 to 1; 1 never refuses; the rule is
+    common.source_rules.loses_too_much). A map file being rewritten in place (truncated, then
+    written again) looks like this while it is read half-way.
+
+    Addresses are counted as keys; a new ``@domain`` catch-all never shrinks anything, and the
+    loss of an old one counts as losing every address (it accepted them all). ``exempt``: the
+    domains fed by a recipient source's snapshot, which its sync already judged with the
+    source's own ``max_shrink`` and writes whole (renamed into place), never half-way.
+    """
     if max_shrink >= 1:
         return []
     configured = tuple(domains)
     found = []
     for domain in sorted(old.domains()):
-        before = old.count(domain)
-        if not before or not _under(domain, configured):
+        if not _under(domain, configured) or domain in new.catch_all or domain in exempt:
             continue
         after = new.count(domain)
-        if before - after > max_shrink * before:
+        if domain in old.catch_all:
+            found.append(Shrink(domain, None, after))
+            continue
+        before = old.count(domain)
+        if loses_too_much(before, after, max_shrink):
             found.append(Shrink(domain, before, after))
     return found
 
@@ -112,10 +166,15 @@ class PolicyService:
         run_in_thread: Callable[..., Deferred] = threads.deferToThread,
     ) -> None:
         self.log_decision = DecisionLog(self.log)
+        #: starts the recipient source syncs (policyd.recipient_sync.SyncScheduler), if any
+        self.scheduler: Optional[Any] = None
         self.reactor = reactor
         self.primaries = primaries
         self.run_in_thread = run_in_thread
         self.observers: List[DecisionObserver] = []
+        #: called with the new configuration after each applied SIGHUP reload (the protocol
+        #: factory takes its connection limits from it)
+        self.reconfigured: List[ConfigListener] = []
         self._reloading: Optional[Deferred] = None
         self._reload_again = False
         self._map_check: Optional[LoopingCall] = None
@@ -125,8 +184,6 @@ class PolicyService:
         self._pending_signature: Optional[Signature] = None
         #: the domains whose shrink held back the last changed map (empty: none held back)
         self.held_back: Tuple[Shrink, ...] = ()
-        #: starts the recipient source syncs (policyd.recipient_sync.SyncScheduler), if any
-        self.scheduler: Optional[Any] = None
         #: recipient callouts (policyd.callouts.CalloutEngine), when a callout source exists
         self.callouts: Optional[Any] = None
         # (succeeded, when) of the last reload attempt, for metrics; start counts as one.
@@ -171,6 +228,8 @@ class PolicyService:
         self.policy = build_policy(config, maps)
         self.source_states = dict(maps.states)
         self._note_staleness()
+        if self.scheduler is not None:
+            self.scheduler.refresh_table()
         if replaced:
             # The old map and policy are gone now; the sets live on only in `replaced`. A
             # thread of its own: nothing waits for it, and reloads keep their single job.
@@ -201,6 +260,9 @@ class PolicyService:
             self.callouts.start()
         if self.scheduler is not None:
             self.scheduler.start(self.last_attempts())
+        self._start_map_check()
+
+    def _start_map_check(self) -> None:
         self._map_check = LoopingCall(self.check_maps)
         self._map_check.clock = self.reactor
         self._map_check.start(self.config.policyd.map_check_interval, now=False)
@@ -263,22 +325,27 @@ class PolicyService:
 
     def _apply_reload(self, loaded: Tuple[Config, LoadedMaps]) -> None:
         config, maps = loaded
-        if config.policyd.listen != self.config.policyd.listen:
-            self.log.warn("listen address changed to {new}: restart policyd to use it",
-                          new=str(config.policyd.listen))
+        old = self.config
+        restart = settings_needing_restart(old, config)
+        if restart:
+            self.log.warn("reload: {names} changed; restart policyd to use the new "
+                          "{values} (running with the old until then)",
+                          names=", ".join(f"[policyd] {name}" for name in restart),
+                          values="value" if len(restart) == 1 else "values")
         lost = lost_domains(self.maps.recipients, maps.recipients, config.domains)
         if lost:
             self.log.warn("reload: no recipient map lists {lost} any more: every recipient of "
                           "it is accepted from now on", lost=", ".join(lost))
         shrunk = shrunk_domains(self.maps.recipients, maps.recipients, config.domains,
-                                config.policyd.max_shrink)
+                                config.policyd.max_shrink, self._sourced(config, maps))
         if shrunk:
             self.log.warn("reload: the recipient maps cut {shrunk} (more than max_shrink): "
                           "applied, as a reload asks", shrunk=", ".join(map(str, shrunk)))
         self.primaries.configure(config.domains, config.policyd.probe_interval,
                                  config.policyd.probe_timeout,
                                  up_after=config.policyd.primary_up_after,
-                                 down_after=config.policyd.primary_down_after)
+                                 down_after=config.policyd.primary_down_after,
+                                 interval_down=config.policyd.probe_interval_down)
         self.primaries.probe_all()
         self._install(config, maps)
         if self.scheduler is not None:
@@ -286,6 +353,12 @@ class PolicyService:
         self._configure_callouts(config)
         self._failed_signature = self._pending_signature = None
         self.held_back = ()
+        if (config.policyd.map_check_interval != old.policyd.map_check_interval
+                and self._map_check is not None and self._map_check.running):
+            self._map_check.stop()
+            self._start_map_check()
+        for listener in self.reconfigured:
+            listener(config)
         self.last_reload = (True, self.reactor.seconds())
         self.log.info("reloaded {path}: {domains} domains, {count} recipient keys",
                       path=config.path, domains=len(config.domains), count=len(maps.recipients))
@@ -322,6 +395,8 @@ class PolicyService:
                           domain=domain)
         for domain in sorted(previous - stale):
             self.log.info("recipients of {domain} are fresh again", domain=domain)
+        if stale != previous and self.scheduler is not None:
+            self.scheduler.refresh_table()  # stale domains are "@domain" in the table
         self._stale = stale
 
     def _apply_freshness(self, fresh_until: Dict[str, float],
@@ -360,7 +435,9 @@ class PolicyService:
                 return None
             if signature == self._failed_signature or self._reloading is not None:
                 return None
-            if signature != self._pending_signature:
+            if (signature != self._pending_signature
+                    and not only_changed(self.maps.signature, signature,
+                                         snapshot_paths(self.config))):
                 self._pending_signature = signature  # changed: wait until it stays the same
                 return None
             self._pending_signature = None
@@ -390,7 +467,7 @@ class PolicyService:
                           "has stopped changing")
             return
         shrunk = shrunk_domains(self.maps.recipients, maps.recipients, config.domains,
-                                config.policyd.max_shrink)
+                                config.policyd.max_shrink, self._sourced(config, maps))
         if shrunk:
             self._failed_signature = maps.signature
             self.held_back = tuple(shrunk)
@@ -407,6 +484,12 @@ class PolicyService:
         self.last_reload = (True, self.reactor.seconds())
         self.log.info("recipient maps reloaded: {count} keys from {sources}",
                       count=len(maps.recipients), sources=", ".join(maps.recipients.sources))
+
+    def _sourced(self, config: Config, maps: LoadedMaps) -> FrozenSet[str]:
+        """Domains a recipient source's snapshot feeds, in the running or the new map."""
+        snapshots = snapshot_paths(config)
+        return (snapshot_domains(self.maps.recipients, snapshots)
+                | snapshot_domains(maps.recipients, snapshots))
 
     def _maps_failed(self, failure: Any, signature: Signature) -> None:
         failure.trap(MapError)

@@ -28,9 +28,9 @@ class FakePostfix:
         self.flush_returncode = 0
         self.queue_error: Optional[str] = None
 
-    def add(self, queue_id: str, *recipients: str, arrival: int = 100) -> None:
+    def add(self, queue_id: str, *recipients: str, arrival: int = 100, size: int = 500) -> None:
         self.queue.append({"queue_name": "deferred", "queue_id": queue_id,
-                           "arrival_time": arrival, "message_size": 500,
+                           "arrival_time": arrival, "message_size": size,
                            "sender": "s@outside.test",
                            "recipients": [{"address": r, "delay_reason": "connect refused"}
                                           for r in recipients]})

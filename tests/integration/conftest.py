@@ -13,6 +13,7 @@ from typing import Iterator
 import pytest
 
 from tests.harness.lab import BackupMxLab
+from tests.harness.servers import Postgres, outside_pytest_root
 
 
 def require_postfix() -> None:
@@ -20,6 +21,28 @@ def require_postfix() -> None:
         pytest.fail("the integration tests need Postfix: run .ci/install (apt package postfix)")
     if os.geteuid() != 0:
         pytest.fail("the integration tests start a private Postfix instance: run them as root")
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("these tests start private servers as other users: run them as root")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """A running private PostgreSQL 15 (unix socket only, superuser ``postgres``), shared by the
+    recipient sources' and the fleet's tests; each creates its own roles and databases. A test
+    that stops it (the fleet's outage test) starts it again before it ends. Its folder is
+    outside /tmp/pytest-of-root (see outside_pytest_root)."""
+    require_root()
+    root = outside_pytest_root("postgres")
+    server = Postgres(root)
+    try:
+        server.setup().start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ def test_demo_shows_accept_reject_defer_status_and_flush() -> None:
     assert "RCPT TO:<user@other.test>  ->  554 5.7.1" in out
     assert "->  450 4.7.1 <alice@example.test>: Recipient address rejected: Primary MX" in out
     status = out.split("$ backupmx status", 1)[1].split("==", 1)[0]
-    assert "example.test  up" in status and " 1 " in status
+    assert "example.test  down" in status and " 1 " in status
+    assert "primary of example.test is up: flushing its held mail" in out
     assert "example.test: 1 message left the queue, 0 still queued" in out
     assert "the primary received 1 message(s); queue now holds 0" in out
     assert "Stopped; nothing was left running." in out

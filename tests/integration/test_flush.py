@@ -50,12 +50,15 @@ def ledger_queue_ids(lab: BackupMxLab) -> Set[str]:
         return {row[0] for row in conn.execute("SELECT queue_id FROM messages")}
 
 
-def without_received(content: bytes) -> int:
-    """Size of a delivered message minus the Received: header Postfix prepended (the milter
-    sees the message without it): what the ledger must have counted."""
-    match = re.match(rb"Received: [^\r]*\r\n(?:[ \t][^\r]*\r\n)*", content)
-    assert match, content[:200]
-    return len(content) - match.end()
+def queued_bytes(queue: List[dict], domain: str) -> int:
+    """Postfix's own message_size of the queued messages with a recipient in domain."""
+    return sum(m["message_size"] for m in queue
+               if any(r["address"].endswith("@" + domain) for r in m["recipients"]))
+
+
+def assert_close_to_delivered(held_bytes: int, delivered: List[tuple]) -> None:
+    wire = sum(len(content) for _, _, content in delivered)
+    assert wire <= held_bytes <= wire + 64 * len(delivered), (held_bytes, wire)
 
 
 def delivered_queue_id(content: bytes) -> str:
@@ -67,7 +70,10 @@ def delivered_queue_id(content: bytes) -> str:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackupMxLab]:
     require_postfix()
-    instance = BackupMxLab(tmp_path_factory.mktemp("flush"), domains=[A, B], milter=True).start()
+    # The admin's flush and the timer's flush --auto are what this module tests: no flush on
+    # return (tests/integration/test_flush_on_return.py has it).
+    instance = BackupMxLab(tmp_path_factory.mktemp("flush"), domains=[A, B], milter=True,
+                           policyd_settings={"flush_on_return": "no"}).start()
     yield instance
     instance.close()
 
@@ -92,6 +98,8 @@ def test_status_and_per_domain_flush(lab: BackupMxLab) -> None:
     assert rows[A]["bounces_in_seconds"] <= 30 * 86400 - rows[A]["oldest_held_seconds"]
     assert rows[A]["last_flush"] is None
     held_bytes_a, held_bytes_b = rows[A]["held_bytes"], rows[B]["held_bytes"]
+    # The milter sees no content: the exact bytes are Postfix's own (postqueue -j message_size).
+    assert (held_bytes_a, held_bytes_b) == (queued_bytes(queue, A), queued_bytes(queue, B))
 
     # a.test's primary comes back: flush a.test delivers all of a.test's mail and nothing else.
     lab.primary(A).start()
@@ -102,8 +110,10 @@ def test_status_and_per_domain_flush(lab: BackupMxLab) -> None:
     assert primary_a.wait_for(13)
     assert {delivered_queue_id(c) for _, _, c in primary_a.messages} == for_a
     assert all(r.endswith("@" + A) for _, rcpts, _ in primary_a.messages for r in rcpts)
-    # The bytes status reported are those of the messages as the primary got them.
-    assert held_bytes_a == sum(without_received(c) for _, _, c in primary_a.messages)
+    # Those are the bytes of the messages as the primary got them, Postfix's Received: header
+    # included, plus what Postfix's queue file counts beyond the wire form (measured: 37 bytes
+    # per message with a milter attached, and 1 per line of 128 bytes or more).
+    assert_close_to_delivered(held_bytes_a, primary_a.messages)
 
     rows = status(lab)
     assert (rows[A]["held_messages"], rows[A]["held_bytes"]) == (0, 0)
@@ -130,7 +140,7 @@ def test_status_and_per_domain_flush(lab: BackupMxLab) -> None:
     assert A not in result.stdout
     assert lab.primary(B).wait_for(12)
     assert {delivered_queue_id(c) for _, _, c in lab.primary(B).messages} == for_b
-    assert held_bytes_b == sum(without_received(c) for _, _, c in lab.primary(B).messages)
+    assert_close_to_delivered(held_bytes_b, lab.primary(B).messages)
     assert len(primary_a.messages) == 13
     rows = status(lab)
     assert rows[B]["held_messages"] == 0

@@ -273,11 +273,6 @@ def main() -> int:
         check("reject: unknown recipient -> 550 5.1.1", code == 550 and "5.1.1" in text,
               f"{code} {text}")
 
-        primary.start()
-        code, text = eventually(lambda: rcpt(postfix.smtpd_port, f"alice@{DOMAIN}"),
-                                lambda r: r[0] == 450, 20)
-        check("defer: primary up -> 450 4.7.1", code == 450 and "4.7.1" in text, f"{code} {text}")
-
         version = installed_command("backupmx", "--version")
         check("backupmx --version", version.returncode == 0 and "0+unknown" not in version.stdout
               and re.search(r"\d+\.\d+", version.stdout) is not None,
@@ -295,12 +290,27 @@ def main() -> int:
         check("root's backupmx status leaves /var/lib/backupmx to backupmx", not foreign,
               ", ".join(foreign))
 
-        flush = run_oneshot("backupmx-flush.service")
-        check("backupmx-flush.service (flush --auto, no new privileges) delivers to the primary",
-              flush.returncode == 0 and primary.wait_for(1, 30),
-              f"rc {flush.returncode}, primary got {len(primary.messages)}: {flush.stdout}")
+        primary.start()
+        code, text = eventually(lambda: rcpt(postfix.smtpd_port, f"alice@{DOMAIN}"),
+                                lambda r: r[0] == 450, 20)
+        check("defer: primary up -> 450 4.7.1", code == 450 and "4.7.1" in text, f"{code} {text}")
+
+        policyd_service = services[0] if services else None
+        check("flush on return: policyd (as the unit runs it) hands the held mail to the "
+              "returning primary", primary.wait_for(1, 40),
+              f"primary got {len(primary.messages)}: "
+              f"{policyd_service.text() if policyd_service else 'no policyd'}")
+        log = eventually(lambda: policyd_service.text() if policyd_service else "",
+                         lambda text: "flush on return of" in text, 20)
+        check("flush on return: one log line with the outcome",
+              f"flush on return of {DOMAIN} done" in log and "1 message left the queue" in log,
+              log[-2000:])
         left = eventually(postfix.queue, lambda q: not q, 20)
         check("flush: the queue is empty", not left, str(left))
+        flush = run_oneshot("backupmx-flush.service")
+        check("backupmx-flush.service (flush --auto, no new privileges) runs: nothing left",
+              flush.returncode == 0 and "nothing held" in flush.stdout,
+              f"rc {flush.returncode}: {flush.stdout}{flush.stderr}")
         held, status = held_messages()
         check("backupmx status --json: nothing held after the flush", held == 0,
               f"held {held}: {status.stdout}{status.stderr}")

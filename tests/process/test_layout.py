@@ -1,7 +1,8 @@
 """The layout's one-way dependencies, checked on the source (static imports) and at run time.
 
-common <- sources, common <- policyd, common <- milter, (common, milter, sources) <- admin; the
-milter process never loads Twisted (it only needs pymilter and SQLite).
+common <- sources, common <- policyd, common <- milter, (common, milter) <- fleet,
+(common, milter, sources, fleet) <- admin; the milter process never loads Twisted (it only needs
+pymilter and SQLite).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ ALLOWED: Dict[str, Set[str]] = {
     "sources": {"common", "sources"},
     "policyd": {"common", "sources", "policyd"},  # sources: only to check drivers at start
     "milter": {"common", "milter"},
-    "admin": {"common", "sources", "milter", "admin"},
+    "fleet": {"common", "milter", "fleet"},
+    "admin": {"common", "sources", "milter", "fleet", "admin"},
 }
 
 

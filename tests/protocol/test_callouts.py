@@ -6,8 +6,10 @@ free port in a thread of its own; tests wait on the engine's Deferreds, never on
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 import subprocess
+import tempfile
 from typing import Any, List
 
 from twisted.internet import defer, reactor
@@ -148,8 +150,9 @@ class CalloutEngineTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_starttls_when_the_primary_offers_it(self) -> Any:
-        folder = self.mktemp()
-        os.makedirs(folder)
+        # not trial's mktemp(): it makes its folders under the current directory
+        folder = tempfile.mkdtemp(prefix="callout-tls-")
+        self.addCleanup(shutil.rmtree, folder, True)
         key, cert = os.path.join(folder, "key.pem"), os.path.join(folder, "cert.pem")
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
                         "1", "-subj", "/CN=primary.example.test", "-keyout", key, "-out", cert],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, List
 
 import pytest
 
@@ -142,3 +142,43 @@ def test_status_shows_and_flush_flushes_adopted_mail(tmp_path: Path) -> None:
     assert "nothing held" not in ctx.out.getvalue()  # b.test's adopted message is held
     assert "b.test: 1 held, primary down: not flushed" in ctx.out.getvalue()
     ctx.close()
+
+
+def test_a_milter_record_arriving_after_adoption_completes_the_adopted_row(
+        ledger: Ledger) -> None:
+    """The milter's write waited in the journal (ledger busy) while status adopted the message:
+    the late record fills in the adopted row; the message is never counted twice."""
+    reconcile(ledger, QueueSnapshot.from_text(queue_line("LATE", "alice@a.test", arrival=100)),
+              now=150.0, relay_domains=RELAY)
+    ledger.write([record("LATE", received_at=100.4, a_test="alice@a.test")])
+    stored = rows(ledger)
+    assert list(stored) == [("LATE", "a.test")]
+    received_at, _, _, _, state, adopted_at, seen, client = stored[("LATE", "a.test")]
+    assert (received_at, state, adopted_at, seen, client) == (100.4, "held", None, 150.0,
+                                                              "192.0.2.1")
+    assert ledger.summaries()["a.test"].held_messages == 1
+    # gone from the queue: reconciled away like any other message, nothing left held
+    reconcile(ledger, QueueSnapshot.from_text(""), now=160.0, relay_domains=RELAY)
+    assert ledger.summaries().get("a.test") is None or \
+        ledger.summaries()["a.test"].held_messages == 0
+
+
+def test_flushing_one_domain_reads_no_other_domains_mail(ledger: Ledger,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "".join(queue_line(f"B{n}", f"u{n}@b.test") for n in range(50))
+    snapshot = QueueSnapshot.from_text(text)
+    reconcile(ledger, snapshot, now=200.0, relay_domains=RELAY)  # all 50 adopted for b.test
+    read: List[str] = []
+    full_message = QueueSnapshot.message
+
+    def message(self: QueueSnapshot, queue_id: str) -> Any:
+        read.append(queue_id)
+        return full_message(self, queue_id)
+
+    monkeypatch.setattr(QueueSnapshot, "message", message)
+    result = reconcile(ledger, snapshot, now=201.0, domain="a.test", relay_domains=RELAY)
+    assert result.adopted == () and result.still_held == {}
+    assert read == []  # flush polls this often: no message is parsed again for it
+    assert reconcile(ledger, snapshot, now=202.0, relay_domains=RELAY).still_held == \
+        {"b.test": 50}
+    assert read == []  # every b.test message is held: nothing to read either

@@ -248,3 +248,21 @@ def test_json_and_text_reports() -> None:
 ])
 def test_nameserver_option(text: str, expected: tuple) -> None:
     assert parse_nameserver(text) == expected
+
+
+@pytest.mark.parametrize("mail_to, relay_domains, expected", [
+    ("", "example.test", []),                                   # not configured: no row
+    ("postmaster@elsewhere.test", "example.test", [OK]),
+    ("postmaster@example.test", "example.test", [FAIL]),        # a [domains] entry
+    ("hostmaster@other.test", "example.test, other.test", [FAIL]),
+    ("admin@sub.other.test", "example.test, .other.test", [FAIL]),
+    ("admin@sub.other.test", "example.test, other.test", [OK]),
+])
+def test_notify_mail_to_must_not_be_held_here(mail_to: str, relay_domains: str,
+                                              expected: List[str]) -> None:
+    config = parse_config(f"[notify]\nmail_to = {mail_to}\n[domains]\n"
+                          "example.test = [192.0.2.1]:25\n")
+    postconf = with_(relay_domains=relay_domains, parent_domain_matches_subdomains="")
+    results = checks.check_notify(config, postconf)
+    assert statuses(results) == expected
+    assert all(r.fix for r in results if r.status == FAIL)

@@ -1,6 +1,8 @@
 """What the milter records: relay recipients only, sizes, addresses, journal form."""
 from __future__ import annotations
 
+import pytest
+
 from backupmx.milter.envelope import (
     Envelope,
     MessageRecord,
@@ -8,6 +10,7 @@ from backupmx.milter.envelope import (
     bare_address,
     build_record,
     clean_text,
+    declared_size,
     relay_recipients,
 )
 
@@ -34,11 +37,7 @@ def test_no_relay_recipient_no_record() -> None:
 
 
 def test_record_fields_and_journal_round_trip() -> None:
-    envelope = Envelope("s@x.test", ["a@a.test", "b@b.test"])
-    envelope.add_header("Subject", b"hi")
-    envelope.end_of_headers()
-    envelope.add_body(b"body\r\n")
-    assert envelope.size == len(b"Subject: hi\r\n\r\nbody\r\n")
+    envelope = Envelope("s@x.test", ["a@a.test", "b@b.test"], declared_size(["SIZE=21"]))
     record = build_record(" Q1 ", envelope, DOMAINS, 5.5, "192.0.2.1", "mx.x.test", "helo")
     assert record is not None
     assert (record.queue_id, record.size, record.received_at) == ("Q1", 21, 5.5)
@@ -55,7 +54,13 @@ def test_undecodable_bytes_become_storable_text() -> None:
     record.to_json()["recipients"]["a.test"][0].encode("utf-8")
 
 
-def test_folded_header_value_counts_crlf() -> None:
-    envelope = Envelope()
-    envelope.add_header("Received", b"from a\n\tby b")
-    assert envelope.size == len(b"Received: from a\r\n\tby b\r\n")
+@pytest.mark.parametrize("params, expected", [
+    ((), 0),
+    (("SIZE=1234",), 1234),
+    (("BODY=8BITMIME", "size=77", "SMTPUTF8"), 77),   # RFC 1870: keyword case-insensitive
+    (("SIZE=",), 0), (("SIZE=-5",), 0), (("SIZE=12x",), 0), (("SIZE=\u0661\u0662",), 0),
+    (("SIZE=" + "9" * 40,), 0),                        # absurd: the queue's figure decides
+    ((b"SIZE=9",), 9),
+])
+def test_declared_size_from_mail_from_parameters(params: tuple, expected: int) -> None:
+    assert declared_size(params) == expected

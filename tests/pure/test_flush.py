@@ -80,6 +80,21 @@ def test_flush_delivers_one_domain_and_accounts_for_it(setup: Setup) -> None:
             event.remaining, event.result) == ("manual", "up", 4, 4, 0, "complete")
 
 
+def test_on_return_flushes_held_mail_with_its_own_trigger_and_skips_an_empty_domain(
+        setup: Setup) -> None:
+    ctx, postfix, prober, ledger = setup
+    prober.states["a.test"] = "up"
+    postfix.deliver["a.test"] = True
+    assert flush_command(ctx, "a.test", auto=False, force=False, wait=1, on_return=True) == EXIT_OK
+    assert ledger.last_flushes()["a.test"].trigger == "return"
+    assert postfix.flushed == ["a.test"]
+    # the primary flaps and is reported up again: nothing held now, nothing run or recorded
+    assert flush_command(ctx, "a.test", auto=False, force=False, wait=1, on_return=True) == EXIT_OK
+    assert "a.test: nothing held: nothing to flush" in ctx.out.getvalue()  # type: ignore
+    assert postfix.flushed == ["a.test"]
+    assert len([e for e in [ledger.flush_event(1), ledger.flush_event(2)] if e]) == 1
+
+
 def test_flush_with_primary_down_is_refused_and_changes_nothing(setup: Setup) -> None:
     ctx, postfix, prober, ledger = setup
     before = ledger._connection().execute("SELECT * FROM message_domains").fetchall()

@@ -57,6 +57,26 @@ def test_version_1_ledger_is_migrated_and_keeps_its_data(tmp_path: Path) -> None
     ledger.close()
 
 
+def test_version_3_ledger_gains_the_notify_state(tmp_path: Path) -> None:
+    path = str(tmp_path / "v3.sqlite3")
+    old = sqlite3.connect(path, isolation_level=None)
+    for script in MIGRATIONS[:3]:
+        old.executescript(script)
+    old.execute("PRAGMA user_version = 3")
+    old.execute("INSERT INTO messages (id, queue_id, received_at, sender, size) "
+                "VALUES (1, 'OLD1', 5.0, 's@x.test', 42)")
+    old.close()
+    ledger = Ledger(path)
+    assert ledger.notify_states() == {}
+    ledger.save_notify_states({"a.test": (10.0, 20.0, None), "b.test": (1.0, 1.0, 3.0)})
+    ledger.save_notify_states({"a.test": (10.0, 30.0, None)})   # b.test all clear: gone
+    assert ledger.notify_states() == {"a.test": (10.0, 30.0, None)}
+    conn = ledger._connection()
+    assert conn.execute("SELECT queue_id, size FROM messages").fetchall() == [("OLD1", 42)]
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    ledger.close()
+
+
 def test_migrate_is_idempotent(tmp_path: Path) -> None:
     conn = connect(str(tmp_path / "l.sqlite3"))
     assert migrate(conn) == SCHEMA_VERSION

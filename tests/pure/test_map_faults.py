@@ -1,9 +1,10 @@
 """Recipient map faults while running: deleted, broken or truncated files keep the last good map.
 
-Choice: an automatic (mtime) reload that would leave a configured domain with no recipient at all
-is refused and logged, because a file truncated to nothing would otherwise turn recipient
-checking off for that domain in silence. An explicit SIGHUP is the admin's word: it is applied,
-with a warning.
+Choice: an automatic (mtime) reload that would cut a configured domain's keys by more than
+``max_shrink`` (20%), down to none at all, is refused and logged, because a file truncated to
+nothing would otherwise turn recipient checking off for that domain in silence (and a half-written
+one refuse valid users: tests/pure/test_map_flux.py). An explicit SIGHUP is the admin's word: it
+is applied, with a warning.
 """
 from __future__ import annotations
 

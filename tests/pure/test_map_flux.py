@@ -19,7 +19,7 @@ from backupmx.common.config import ConfigError, parse_config
 from backupmx.common.recipient_map import load_recipient_map
 from backupmx.policyd.metrics import PolicydMetrics
 from backupmx.policyd.protocol import PolicyFactory
-from backupmx.policyd.service import shrunk_domains
+from backupmx.policyd.service import only_changed, shrunk_domains
 from tests.harness.service_setup import Setup, make_service, messages, rcpt, settle
 
 UNKNOWN = "550 5.1.1 "
@@ -186,16 +186,16 @@ def test_max_shrink_setting(setup: Setup, share: str, kept: int, used: bool) -> 
     assert refused is used
 
 
-def test_shrink_counts_subdomains_and_catch_alls_of_configured_domains(tmp_path: Path) -> None:
+def test_shrink_counts_subdomains_of_configured_domains_only(tmp_path: Path) -> None:
     def parse(name: str, text: str) -> Any:
         (tmp_path / name).write_text(text, encoding="utf-8")
         return load_recipient_map([str(tmp_path / name)])
 
-    old = parse("old", "a@example.test x\nb@example.test x\n@sub.example.test x\n"
-                "c@sub.example.test x\na@other.test x\nb@other.test x\n")
+    old = parse("old", "a@example.test x\nb@example.test x\na@sub.example.test x\n"
+                "b@sub.example.test x\nc@sub.example.test x\na@other.test x\nb@other.test x\n")
     new = parse("new", "a@example.test x\nb@example.test x\nc@sub.example.test x\n")
     cut = shrunk_domains(old, new, ["example.test"], 0.2)
-    assert [str(s) for s in cut] == ["sub.example.test 2 -> 1 keys"]  # other.test not ours
+    assert [str(s) for s in cut] == ["sub.example.test 3 -> 1 keys"]  # other.test: not ours
 
 
 @pytest.mark.parametrize("value, expected", [("20%", 0.2), ("0.35", 0.35), ("0%", 0.0),
@@ -209,3 +209,55 @@ def test_max_shrink_values(value: str, expected: float) -> None:
 def test_max_shrink_bad_values_name_the_line(value: str) -> None:
     with pytest.raises(ConfigError, match=r"^b\.conf:2: \[policyd\] max_shrink: "):
         parse_config(f"[policyd]\nmax_shrink = {value}\n", "b.conf")
+
+
+def test_catch_all_widens_and_losing_one_is_a_shrink(tmp_path: Path) -> None:
+    def parse(name: str, text: str) -> Any:
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        return load_recipient_map([str(tmp_path / name)])
+
+    users = parse("users", "a@example.test x\nb@example.test x\nc@example.test x\n")
+    catch_all = parse("catch_all", "@example.test x\n")
+    assert shrunk_domains(users, catch_all, ["example.test"], 0.2) == []
+    assert [str(s) for s in shrunk_domains(catch_all, users, ["example.test"], 0.2)] == \
+        ["example.test @example.test (every address) -> 3 keys"]
+    assert shrunk_domains(catch_all, users, ["example.test"], 1.0) == []
+
+
+def source_setup(tmp_path: Path) -> Setup:
+    setup = Setup(tmp_path)
+    setup.write_config(f"state_directory = {tmp_path}/state\n\n[recipients dir]\n"
+                       "type = command\ncommand = /bin/true\n")
+    (tmp_path / "state" / "recipients").mkdir(parents=True)
+    return setup
+
+
+def test_a_source_snapshot_is_loaded_at_the_first_check_and_never_held_back(
+        tmp_path: Path) -> None:
+    # A sync writes the snapshot whole and renames it into place, after judging it with the
+    # source's own max_shrink: policyd neither waits for it to settle nor judges it again.
+    setup = source_setup(tmp_path)
+    snapshot = tmp_path / "state" / "recipients" / "dir.map"
+    service, _, _ = make_service(setup)
+    snapshot.write_text("".join(USERS), encoding="utf-8")
+    service.check_maps()
+    assert service.respond(rcpt("user399@example.test")) == "DUNNO"
+    replacement = snapshot.with_suffix(".pending")
+    replacement.write_text("".join(USERS[:10]), encoding="utf-8")
+    os.replace(replacement, snapshot)
+    service.check_maps()
+    assert service.held_back == ()
+    assert not service.respond(rcpt("user399@example.test")) == "DUNNO"
+    assert service.respond(rcpt("user9@example.test")) == "DUNNO"
+    write_in_place(setup.recipients, "alice@example.test OK\nzed@example.test OK\n")
+    service.check_maps()  # a recipient file changed too: wait for it to settle
+    assert service.respond(rcpt("zed@example.test")) != "DUNNO"
+    service.check_maps()
+    assert service.respond(rcpt("zed@example.test")) == "DUNNO"
+
+
+def test_only_changed() -> None:
+    old = (("/a", (1, 2, 3)), ("/s", "No such file or directory"))
+    assert only_changed(old, (("/a", (1, 2, 3)), ("/s", (4, 5, 6))), ["/s"])
+    assert not only_changed(old, (("/a", (1, 2, 9)), ("/s", (4, 5, 6))), ["/s"])
+    assert not only_changed(old, (("/a", (1, 2, 3)),), ["/s"])

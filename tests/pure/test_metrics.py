@@ -62,3 +62,36 @@ def test_decisions_latency_primary_state_map_and_connections(tmp_path: Path) -> 
                     (("domain", "example.test"), ("state", "unknown")))] == 1
     assert samples[("backupmx_reload_success", ())] == 0
     assert samples[("backupmx_reload_timestamp_seconds", ())] == clock.seconds()
+
+
+def test_recipient_source_metrics() -> None:
+    from prometheus_client.core import CollectorRegistry
+
+    from backupmx.common.snapshots import DomainState, HeldBack, SourceState
+    from backupmx.policyd.metrics import source_families
+
+    states = {"ldap": SourceState("ldap", "ldap", last_attempt=990.0, last_success=900.0,
+                                  last_result="held_back",
+                                  domains={"a.test": DomainState(1234, 900.0,
+                                                                 HeldBack(3, "x", 950, 990))})}
+
+    class Collector:
+        def collect(self):
+            return source_families(states, {"a.test": 1500.0, "b.test": 800.0}, 1000.0)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector())
+    from prometheus_client import generate_latest
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in f.samples}
+    assert samples[("backupmx_recipient_source_addresses",
+                    (("domain", "a.test"), ("source", "ldap")))] == 1234
+    assert samples[("backupmx_recipient_source_held_back",
+                    (("domain", "a.test"), ("source", "ldap")))] == 1
+    assert samples[("backupmx_recipient_source_last_success_timestamp_seconds",
+                    (("source", "ldap"),))] == 900.0
+    assert samples[("backupmx_recipient_source_last_result",
+                    (("result", "held_back"), ("source", "ldap")))] == 1
+    assert samples[("backupmx_recipients_fresh", (("domain", "a.test"),))] == 1
+    assert samples[("backupmx_recipients_fresh", (("domain", "b.test"),))] == 0

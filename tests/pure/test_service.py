@@ -138,7 +138,7 @@ def test_map_check_runs_on_the_clock(setup: Setup) -> None:
 
 def test_reload_applies_new_config_and_updates_the_prober(setup: Setup) -> None:
     service, prober, _ = make_service(setup)
-    setup.write_config("probe_interval = 10\nprobe_timeout = 2\n",
+    setup.write_config("probe_interval = 10\nprobe_timeout = 2\nprobe_interval_down = 4\n",
                        domains="example.test = [127.0.0.1]:2526\nnew.test = mx\n")
     reloading = service.reload()
     assert isinstance(reloading, defer.Deferred)
@@ -146,6 +146,7 @@ def test_reload_applies_new_config_and_updates_the_prober(setup: Setup) -> None:
     assert prober.updates[-1][1:] == (10.0, 2.0)
     assert set(prober.updates[-1][0]) == {"example.test", "new.test"}
     assert prober.max_age == 22.0
+    assert prober.interval_down == 4.0
 
 
 def test_reload_with_broken_config_keeps_the_old_one(setup: Setup, events: List[dict]) -> None:

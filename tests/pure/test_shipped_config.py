@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from backupmx.common.config import SCHEMA, parse_config
+from backupmx.common.config import OPTIONAL_SECTIONS, SCHEMA, parse_config
 from backupmx.common.listen import parse_listen
 
 SHIPPED = Path(__file__).resolve().parents[2] / "etc" / "backupmx.conf"
-SECTION = re.compile(r"^\[(\w+)\]\s*$")
+# An optional section ([fleet]) is shipped with its header commented out too: "#[fleet]".
+SECTION = re.compile(r"^#?\[(\w+)\]\s*$")
 DOCUMENTED_DEFAULT = re.compile(r"^#(\w+) = ?(.*)$")
 SETTING = re.compile(r"^(\w+) = ?(.*)$")
 
@@ -62,6 +63,8 @@ def test_documented_defaults_parse_to_the_embedded_defaults():
     defaults, _ = _scan()
     sections = {}
     for (section, key), value in defaults.items():
+        if section in OPTIONAL_SECTIONS:  # absent unless written; its defaults tested below
+            continue
         sections.setdefault(section, []).append(f"{key} = {value}")
     text = "".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items())
     assert parse_config(text) == parse_config("")
@@ -76,3 +79,13 @@ def test_only_the_packaged_settings_differ_from_the_defaults():
     assert packaged.milter.ledger == embedded.milter.ledger
     assert packaged.postfix.config_directory == embedded.postfix.config_directory
     assert packaged.sources == embedded.sources
+
+
+def test_optional_sections_are_off_and_their_documented_defaults_are_the_embedded_ones():
+    assert parse_config(SHIPPED.read_text(encoding="utf-8")).fleet is None
+    defaults, _ = _scan()
+    lines = [f"{key} = {value}" for (section, key), value in defaults.items()
+             if section == "fleet" and key != "database"]
+    database = "database = host=/run/postgresql dbname=backupmx\n"
+    documented = parse_config("[fleet]\n" + database + "\n".join(lines) + "\n")
+    assert documented.fleet == parse_config("[fleet]\n" + database).fleet

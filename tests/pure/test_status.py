@@ -57,7 +57,7 @@ def test_table_for_people() -> None:
                           lifetime=432000, now=1000.0, warnings=["queue unreadable"])
     lines = render_table(status).splitlines()
     assert lines[0].split() == ["DOMAIN", "PRIMARY", "HELD", "BYTES", "OLDEST", "BOUNCES",
-                                "IN", "LAST", "FLUSH"]
+                                "IN", "RECIPIENTS", "LAST", "FLUSH"]
     assert lines[1].split()[:6] == ["a.test", "up", "6", "7.9", "KiB", "1d02h"]
     assert "10m00s ago, auto: complete, 5 left, 0 remain" in lines[1]
     assert lines[2].split()[:4] == ["b.test", "unknown", "0", "0"]
@@ -69,11 +69,13 @@ def test_show_status_reconciles_and_prints_json(tmp_path: Path) -> None:
     postfix, clock = FakePostfix(), FakeClock(1000.0)
     ctx = make_context(tmp_path, postfix, ScriptedProber({"a.test": "up"}), clock)
     ledger = Ledger(ctx.config.milter.ledger)
-    ledger.record(record("Q1", received_at=900.0, size=300))
-    ledger.record(record("Q2", received_at=950.0, size=200, a_test="a@a.test", b_test="b@b.test"))
+    # sizes as the milter records them: no SIZE= (0), a declared SIZE= (190); the queue's
+    # message_size is the exact figure status shows
+    ledger.record(record("Q1", received_at=900.0, size=0))
+    ledger.record(record("Q2", received_at=950.0, size=190, a_test="a@a.test", b_test="b@b.test"))
     ledger.record(record("Q3", received_at=800.0, size=50))  # no longer queued
-    postfix.add("Q1", "alice@a.test")
-    postfix.add("Q2", "a@a.test", "b@b.test")
+    postfix.add("Q1", "alice@a.test", size=300)
+    postfix.add("Q2", "a@a.test", "b@b.test", size=200)
     assert show_status(ctx, as_json=True) == 0
     status = json.loads(ctx.out.getvalue())  # type: ignore[attr-defined]
     rows = {r["domain"]: r for r in status["domains"]}
@@ -128,3 +130,23 @@ def test_version(capsys: pytest.CaptureFixture) -> None:
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("backupmx ")
     assert sys.modules["backupmx.admin.main"]
+
+
+def test_recipient_snapshot_age_per_domain(tmp_path: Path) -> None:
+    from backupmx.admin.status import recipient_snapshots
+    from backupmx.common.config import parse_config
+    from backupmx.common.snapshots import DomainState, SourceState
+    config = parse_config(
+        f"[policyd]\nstate_directory = {tmp_path}\n[recipients a]\ntype = push\n"
+        "stale_after = 100\n[recipients b]\ntype = push\ndomains = a.test\n"
+        "stale_after = 20\n[domains]\na.test = mx\nb.test = mx\nc.test = mx\n")
+    states = {"a": SourceState("a", "push", domains={"a.test": DomainState(3, 850.0),
+                                                      "b.test": DomainState(3, 800.0)}),
+              "b": SourceState("b", "push", domains={"a.test": DomainState(3, 990.0)})}
+    rows = recipient_snapshots(config, states, 1000.0)
+    assert rows["a.test"] == {"snapshot_age_seconds": 10.0, "fresh": True}
+    assert rows["b.test"] == {"snapshot_age_seconds": 200.0, "fresh": False}
+    assert rows["c.test"] == {"snapshot_age_seconds": None, "fresh": False}
+    status = build_status(["b.test"], {}, {}, {}, None, 1000.0)
+    status["domains"][0]["recipients"] = rows["b.test"]
+    assert "STALE 3m20s" in render_table(status)

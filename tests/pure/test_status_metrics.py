@@ -46,8 +46,8 @@ def test_status_command_prints_prometheus_text(tmp_path) -> None:  # type: ignor
     postfix = FakePostfix()
     ctx = make_context(tmp_path, postfix, ScriptedProber({"a.test": "up"}), FakeClock(1000.0))
     ledger = Ledger(ctx.config.milter.ledger)
-    ledger.record(record("Q1", received_at=900.0, size=300))
-    postfix.add("Q1", "alice@a.test")
+    ledger.record(record("Q1", received_at=900.0, size=0))
+    postfix.add("Q1", "alice@a.test", size=300)
     assert show_status(ctx, probe=True, as_prometheus=True) == 0
     text = ctx.out.getvalue()
     assert 'backupmx_held_messages{domain="a.test"} 1.0' in text

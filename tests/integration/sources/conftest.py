@@ -7,19 +7,13 @@ each other's data. Missing packages or a non-root user make these tests fail, no
 """
 from __future__ import annotations
 
-import os
-import shutil
 import uuid
 from typing import Iterator
 
 import pytest
 
-from tests.harness.servers import HangingServer, MariaDB, Postgres, Slapd, outside_pytest_root
-
-
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.fail("the source tests start private servers as other users: run them as root")
+from tests.harness.servers import HangingServer, MariaDB, Postgres, Slapd
+from tests.integration.conftest import require_root
 
 
 @pytest.fixture(scope="session")
@@ -31,26 +25,18 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    """A running private PostgreSQL with role ``reader`` (password ``reader-secret``) owning the
-    database ``directory``."""
-    _require_root()
-    root = outside_pytest_root("postgres")
-    server = Postgres(root)
-    try:
-        server.setup().start()
-        server.create_database("directory", "reader", "reader-secret")
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+def postgres(postgres_server: Postgres) -> Postgres:
+    """The private PostgreSQL (tests/integration/conftest.py) with role ``reader`` (password
+    ``reader-secret``) owning the database ``directory``."""
+    postgres_server.create_database("directory", "reader", "reader-secret")
+    return postgres_server
 
 
 @pytest.fixture(scope="session")
 def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
     """A running private MariaDB with database ``directory`` and user ``reader``
     (password ``reader-secret``) allowed to read it, from the unix socket and from 127.0.0.1."""
-    _require_root()
+    require_root()
     server = MariaDB(tmp_path_factory.mktemp("mariadb")).setup().start()
     try:
         server.sql("CREATE DATABASE directory; "

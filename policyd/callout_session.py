@@ -4,8 +4,10 @@ The dialogue (RFC 5321; what Postfix's verify(8) probes and Exim's callouts say)
 ``220`` greeting, ``EHLO`` (``HELO`` when EHLO is refused), ``STARTTLS`` when the server offers
 it and the caller can (RFC 3207: then ``EHLO`` again), ``MAIL FROM:<>``, one ``RCPT TO:<...>``
 per address, then ``RSET`` and ``QUIT``; never ``DATA``. Each RCPT reply decides its address:
-2xx valid, 5xx invalid, 4xx temporary (greylisting, a full mailbox, a busy server). RFC 5321
-section 4.5.3.1.10: a 552 to RCPT means "too many recipients" and is temporary too. After
+2xx valid; 550, 551 and 553 (RFC 5321 section 4.2.2: mailbox unavailable, not local, name not
+allowed) invalid; anything else temporary: 4xx (greylisting, a full mailbox, a busy server),
+and the 5xx replies that say nothing about the mailbox (500-504 syntax or sequence, 521, 554
+policy, 555), and 552, which RFC 5321 section 4.5.3.1.10 makes "too many recipients". After
 ``max_unknown`` invalid replies the session ends (Postfix primaries slow a client after 10
 errors); the addresses not asked yet are left in ``unasked`` for another session. Any failure
 before RCPT (a non-220 greeting, MAIL FROM refused, 421, the connection lost or timed out)
@@ -16,10 +18,26 @@ replies and sends what it returns.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from backupmx.common.callout_rules import INVALID, TEMPORARY, VALID
+
+#: RCPT replies that say the mailbox does not exist (RFC 5321 section 4.2.2)
+MAILBOX_REFUSED = frozenset({550, 551, 553})
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def smtp_path(address: str) -> str:
+    """The address as RFC 5321 writes it in a path: the local part as a quoted string when it
+    is no dot-string (``odd user@example.test`` -> ``"odd user"@example.test``)."""
+    local, _, domain = address.rpartition("@")
+    if _ATOM.fullmatch(local):
+        return address
+    quoted = local.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}"@{domain}'
+
 
 GREETING, EHLO, HELO, STARTTLS, MAIL, RCPT, RSET, QUIT, DONE = (
     "greeting", "ehlo", "helo", "starttls", "mail", "rcpt", "rset", "quit", "done")
@@ -98,7 +116,7 @@ class CalloutMachine:
             address = self.addresses[self._next - 1]
             if code // 100 == 2:
                 self.results[address] = Outcome(VALID, text)
-            elif code // 100 == 5 and code != 552:
+            elif code in MAILBOX_REFUSED:
                 self.results[address] = Outcome(INVALID, text)
                 self.unknown += 1
             else:
@@ -140,7 +158,7 @@ class CalloutMachine:
             return self._send(RSET, "RSET")
         address = self.addresses[self._next]
         self._next += 1
-        return self._send(RCPT, f"RCPT TO:<{address}>")
+        return self._send(RCPT, f"RCPT TO:<{smtp_path(address)}>")
 
     def _give_up(self, why: str, polite: bool = True) -> Step:
         self._mark_open(why)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
-from backupmx.policyd.callout_session import CalloutMachine, Step
+from backupmx.policyd.callout_session import CalloutMachine, Step, smtp_path
 
 EHLO_LINES = ["primary.test", "PIPELINING", "SIZE 10240000", "8BITMIME"]
 
@@ -42,6 +42,26 @@ def test_4xx_and_552_to_rcpt_are_temporary_never_invalid() -> None:
                   (552, ["5.5.3 Too many recipients"]), (451, ["4.3.0 try later"])])
     assert statuses(machine) == {"a@x.test": "temporary", "b@x.test": "temporary",
                                  "c@x.test": "temporary"}
+
+
+def test_only_mailbox_refusals_are_invalid() -> None:
+    addresses = [f"u{code}@x.test" for code in (550, 551, 553, 501, 554, 521, 500)]
+    machine = CalloutMachine("b.test", addresses, max_unknown=10)
+    run(machine, [(220, []), (250, ["x"]), (250, [])]
+        + [(int(a[1:4]), ["refused"]) for a in addresses])
+    assert statuses(machine) == {"u550@x.test": "invalid", "u551@x.test": "invalid",
+                                 "u553@x.test": "invalid", "u501@x.test": "temporary",
+                                 "u554@x.test": "temporary", "u521@x.test": "temporary",
+                                 "u500@x.test": "temporary"}
+
+
+def test_local_parts_are_quoted_as_rfc_5321_wants() -> None:
+    assert smtp_path("a.b+c@x.test") == "a.b+c@x.test"
+    assert smtp_path("odd user@x.test") == '"odd user"@x.test'
+    assert smtp_path('say"hi@x.test') == '"say\\"hi"@x.test'
+    assert smtp_path("a..b@x.test") == '"a..b"@x.test'
+    machine = CalloutMachine("b.test", ["odd user@x.test"])
+    assert run(machine, [(220, []), (250, ["x"]), (250, [])])[-1] == 'RCPT TO:<"odd user"@x.test>'
 
 
 def test_session_ends_after_max_unknown_refusals() -> None:

@@ -55,7 +55,11 @@ def script(lab: BackupMxLab) -> None:
     say("A valid recipient while the primary is down: accepted and held in the queue")
     show_rcpt(lab, f"alice@{DOMAIN}")
     queue_id = lab.send([f"alice@{DOMAIN}"])
-    held = [m["queue_id"] for m in lab.postfix.queue()]
+    # Postfix's first delivery attempt fails (primary down) and defers it: wait for that, or a
+    # primary started next could get the message on that first attempt, before any flush
+    queue = eventually(lab.postfix.queue,
+                       lambda q: any(m["queue_name"] == "deferred" for m in q), timeout=30)
+    held = [m["queue_id"] for m in queue]
     print(f"   queued as {queue_id}; Postfix's queue holds {held}")
     say("An unknown recipient: rejected for good, so no backscatter later")
     show_rcpt(lab, f"nobody@{DOMAIN}")

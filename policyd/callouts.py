@@ -233,6 +233,10 @@ class CalloutEngine:
         queue = self._queues.get(domain)
         if entry is None:
             return
+        if domain in self._probing and domain not in self.checks:
+            # the first check is under way: what it finds decides whether valid answers can
+            # be trusted, so the queue waits for it (its end kicks the queue again)
+            return
         while queue and self.limits.may_connect(domain, entry.limits):
             batch = [queue.popleft() for _ in range(min(BATCH, len(queue)))]
             for address in batch:

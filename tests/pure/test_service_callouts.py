@@ -127,3 +127,17 @@ def test_metrics_show_callouts_and_cache(tmp_path: Path) -> None:
     assert samples[("backupmx_callout_sessions_total", (domain,))] == 1
     assert samples[("backupmx_callout_cache_entries", (domain, ("status", "valid")))] == 1
     assert samples[("backupmx_callout_accept_all", (domain,))] == 0
+
+
+def test_queue_waits_for_the_first_accept_all_check(tmp_path: Path) -> None:
+    """Valid answers are only trusted once the random address was refused: while the first
+    check runs, no second session starts (its valid answers would have to be thrown away)."""
+    service, prober, clock, attempts = service_with_callouts(tmp_path)
+    prober.up("example.test")
+    service.respond(rcpt("first@example.test"))
+    clock.advance(0)
+    service.respond(rcpt("second@example.test", client="198.51.100.2"))
+    clock.advance(0)
+    assert len(attempts) == 1  # the session with the random address and first@
+    clock.advance(20)  # it times out: the check is still unknown, the queue goes on
+    assert len(attempts) == 2

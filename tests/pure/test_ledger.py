@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from backupmx.milter import ledger as ledger_module
+from backupmx.milter import ledger_schema as ledger_module
 from backupmx.milter.journal import Journal, parse_journal
 from backupmx.milter.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, LedgerError, connect, migrate
 from tests.harness.command_fakes import record

@@ -152,7 +152,7 @@ def test_a_store_that_lost_the_rows_gets_the_whole_ledger_again(
     fill(cfg, [record(n) for n in range(7)]).close()
     push_host(cfg, "mx1.test")
     fleet_db.sql("DROP TABLE hosts, messages, message_domains, domain_states, flush_events,"
-                 " flush_requests, flush_request_results, backupmx_schema CASCADE")
+                 " flush_requests, flush_request_results, notify_state, backupmx_schema CASCADE")
     init(cfg)  # a restored or new, empty store
     result = push_host(cfg, "mx1.test")
     assert result.resynced and result.messages == 7

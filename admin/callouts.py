@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from backupmx.admin.setup_checks import OK, WARN, Result
 from backupmx.common.callout_cache import DomainCheck, read_store, store_path
-from backupmx.common.callout_rules import Lifetimes, Verdict, verdict_of
+from backupmx.common.callout_rules import Verdict, verdict_of
 from backupmx.common.config import Config
 from backupmx.common.source_settings import CalloutSettings
 
@@ -21,11 +21,6 @@ from backupmx.common.source_settings import CalloutSettings
 def _sources(config: Config) -> List[Tuple[str, CalloutSettings, Tuple[str, ...]]]:
     return [(s.name, s.driver, s.domains) for s in config.sources
             if isinstance(s.driver, CalloutSettings)]
-
-
-def _lifetimes(settings: CalloutSettings) -> Lifetimes:
-    return Lifetimes(settings.positive_expire_time, settings.positive_refresh_time,
-                     settings.negative_expire_time)
 
 
 def read_cache(config: Config) -> Tuple[Dict[Tuple[str, str], int], Dict[str, DomainCheck],
@@ -97,7 +92,7 @@ def cached_verdict(config: Config, domain: Optional[str], address: str,
         check = store.checks().get(domain)
     finally:
         store.close()
-    verdict = verdict_of(entry, _lifetimes(source[1]), now)
+    verdict = verdict_of(entry, source[1].lifetimes, now)
     return {"verdict": verdict.status, "refresh": verdict.refresh,
             "status": entry.status if entry else None,
             "age": None if entry is None else now - entry.verified_at,

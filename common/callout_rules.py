@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, Dict, NamedTuple, Optional
+
+if TYPE_CHECKING:
+    from backupmx.common.config import Config
+    from backupmx.common.source_settings import SourceSettings
 
 VALID, INVALID, TEMPORARY = "valid", "invalid", "temporary"
 #: verdict statuses the decision reads
@@ -93,3 +97,17 @@ def probe_address(domain: str, token: Optional[str] = None) -> str:
 
 def is_probe(address: str) -> bool:
     return address.startswith(PROBE_PREFIX)
+
+
+def callout_sources(config: "Config") -> Dict[str, "SourceSettings"]:
+    """Relay domain -> the ``callout`` source speaking for it (its ``driver`` is a
+    CalloutSettings): the first ``[recipients NAME]`` section of that type naming the domain.
+    policyd asks the primaries of these domains; the command reads and adds to their cache."""
+    from backupmx.common.source_settings import CalloutSettings
+    found: Dict[str, SourceSettings] = {}
+    for source in config.sources:
+        if isinstance(source.driver, CalloutSettings):
+            for domain in source.domains:
+                if domain in config.domains and domain not in found:
+                    found[domain] = source
+    return found

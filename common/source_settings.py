@@ -30,6 +30,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+from backupmx.common.callout_rules import Lifetimes
 from backupmx.common.postfix_values import parse_time
 from backupmx.common.values import (
     absolute_path,
@@ -199,6 +200,12 @@ class CalloutSettings:
     positive_expire_time: float = 31 * 86400.0
     positive_refresh_time: float = 7 * 86400.0
     negative_expire_time: float = 4 * 3600.0
+
+    @property
+    def lifetimes(self) -> Lifetimes:
+        """The cache lifetimes these settings give (common.callout_rules)."""
+        return Lifetimes(self.positive_expire_time, self.positive_refresh_time,
+                         self.negative_expire_time)
 
 
 DriverSettings = Union[LdapSettings, PgsqlSettings, MysqlSettings, SqliteSettings,

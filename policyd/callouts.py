@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple, cast
 
 from cachetools import TTLCache
 from twisted.internet import defer
@@ -37,6 +37,7 @@ from backupmx.common.callout_rules import (
     Entry,
     Lifetimes,
     Verdict,
+    callout_sources,
     probe_address,
 )
 from backupmx.common.config import Config, PrimarySpec
@@ -77,22 +78,15 @@ class CalloutDomain:
 
     @property
     def lifetimes(self) -> Lifetimes:
-        s = self.settings
-        return Lifetimes(s.positive_expire_time, s.positive_refresh_time,
-                         s.negative_expire_time)
+        return self.settings.lifetimes
 
 
 def callout_setup(config: Config) -> Dict[str, CalloutDomain]:
-    """Domain -> CalloutDomain for every domain a ``callout`` source speaks for (the first
-    such source wins)."""
-    found: Dict[str, CalloutDomain] = {}
-    for source in config.sources:
-        if isinstance(source.driver, CalloutSettings):
-            for domain in source.domains:
-                if domain in config.domains and domain not in found:
-                    found[domain] = CalloutDomain(domain, config.domains[domain], source.name,
-                                                  source.driver, source.timeout)
-    return found
+    """Domain -> CalloutDomain for every domain a ``callout`` source speaks for
+    (common.callout_rules.callout_sources)."""
+    return {domain: CalloutDomain(domain, config.domains[domain], source.name,
+                                  cast(CalloutSettings, source.driver), source.timeout)
+            for domain, source in callout_sources(config).items()}
 
 
 def lifetimes_of(setup: Mapping[str, CalloutDomain]) -> Dict[str, Lifetimes]:

@@ -15,8 +15,9 @@ import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from backupmx.admin import flush_learning
 from backupmx.admin.context import CommandContext
 from backupmx.admin.primaries import UP, PrimaryState
 from backupmx.admin.queue import QueueFormatError, QueueSnapshot, reconcile
@@ -44,12 +45,18 @@ class FlushOutcome:
     delivered: int
     remaining: int
     result: str  # complete | partial | failed
+    #: (valid, invalid) recipients learned for the callout cache (admin.flush_learning)
+    learned: Optional[Tuple[int, int]] = None
 
     def describe(self) -> str:
         noun = "message" if self.delivered == 1 else "messages"
+        learned = ""
+        if self.learned is not None:
+            learned = (f"; learned {self.learned[0]} valid and {self.learned[1]} invalid "
+                       f"recipients")
         return (f"{self.domain}: {self.delivered} {noun} left the queue, {self.remaining} "
                 f"still queued (held before: {self.held_before}; flush #{self.flush_id}, "
-                f"{self.result})")
+                f"{self.result}{learned})")
 
 
 # ---- pure decisions ---------------------------------------------------------------------------
@@ -150,6 +157,8 @@ def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: fl
     if if_held and held_before == 0:
         return None
     flush_id = ledger.start_flush(domain, trigger, force, report.status, held_before, ctx.clock())
+    held_ids = {row.queue_id for row in ledger.held_rows(domain)}
+    learning = flush_learning.start(ctx, domain, held_ids)
     result = ctx.postfix.flush_domain(domain)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
@@ -161,7 +170,11 @@ def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: fl
     delivered = ledger.count_flushed(flush_id)
     outcome = "complete" if remaining == 0 else "partial"
     ledger.finish_flush(flush_id, delivered, remaining, outcome, "", ctx.clock())
-    return FlushOutcome(domain, flush_id, held_before, delivered, remaining, outcome)
+    learned = None
+    if learning is not None:
+        left = held_ids - {row.queue_id for row in ledger.held_rows(domain)}
+        learned = flush_learning.finish(ctx, learning, left)
+    return FlushOutcome(domain, flush_id, held_before, delivered, remaining, outcome, learned)
 
 
 def wait_until_left(ctx: CommandContext, domain: str, flush_id: int, wait: float) -> int:

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS verdicts (
     address TEXT PRIMARY KEY, domain TEXT NOT NULL, status TEXT NOT NULL,
     verified_at REAL NOT NULL, reply TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS verdicts_domain ON verdicts (domain);
+CREATE INDEX IF NOT EXISTS verdicts_verified_at ON verdicts (verified_at);
 CREATE TABLE IF NOT EXISTS domains (
     domain TEXT PRIMARY KEY, accept_all INTEGER NOT NULL, checked_at REAL NOT NULL,
     reply TEXT NOT NULL DEFAULT '');
@@ -96,6 +97,15 @@ class CalloutStore:
         with self._lock:
             rows = self._connect().execute(
                 "SELECT address, domain, status, verified_at, reply FROM verdicts").fetchall()
+        return [Entry(*row) for row in rows]
+
+    def entries_since(self, since: float) -> List[Entry]:
+        """Entries verified after ``since`` (Unix seconds): what was added since a moment,
+        also by another process (``backupmx flush`` learning from a delivery)."""
+        with self._lock:
+            rows = self._connect().execute(
+                "SELECT address, domain, status, verified_at, reply FROM verdicts "
+                "WHERE verified_at > ? ORDER BY verified_at", (since,)).fetchall()
         return [Entry(*row) for row in rows]
 
     def get(self, address: str) -> Optional[Entry]:

@@ -134,6 +134,8 @@ class CalloutEngine:
         self._kicks: Dict[str, Any] = {}
         self._idle_waiters: List[defer.Deferred] = []
         self._timer: Optional[LoopingCall] = None
+        #: policyd.callout_follow.StoreFollower: takes results other processes stored
+        self.follower: Optional[Any] = None
         #: (domain, result) -> callouts; result valid / invalid / temporary
         self.results: Counter = Counter()
         #: (domain, reason) -> addresses not asked (SKIP_REASONS)
@@ -156,10 +158,14 @@ class CalloutEngine:
         self._timer = LoopingCall(self.check_accept_all)
         self._timer.clock = self.reactor
         self._timer.start(CHECK_INTERVAL, now=False)
+        if self.follower is not None:
+            self.follower.start()
 
     def stop(self) -> None:
         if self._timer is not None and self._timer.running:
             self._timer.stop()
+        if self.follower is not None:
+            self.follower.stop()
         for call in self._kicks.values():
             if call.active():
                 call.cancel()

@@ -148,8 +148,11 @@ def _callouts(reactor: Any, config: Config, primaries: Any, log: Any) -> Any:
         if check.accept_all and domain in setup:
             log.warn("callouts for {domain} are off: its primary accepted a random address "
                      "(it accepts every recipient)", domain=domain)
-    return CalloutEngine(reactor, setup, cache, writer, checks, primaries,
-                         helo[0] if helo else "localhost", tls=tls)
+    engine = CalloutEngine(reactor, setup, cache, writer, checks, primaries,
+                           helo[0] if helo else "localhost", tls=tls)
+    from backupmx.policyd.callout_follow import StoreFollower
+    engine.follower = StoreFollower(reactor, store, engine, reactor.seconds())
+    return engine
 
 
 def _serving(service: Any) -> str:

@@ -1,0 +1,179 @@
+"""What Postfix logged of its deliveries: the per-recipient result lines of smtp(8).
+
+After every delivery attempt, Postfix's SMTP client logs one line per recipient (postconf(5)
+``maillog_file``, or syslog, which on Debian 12 ends in the journal), for example::
+
+    4Fq2Lk1x2Bz9: to=<bob@example.test>, relay=mx.example.test[192.0.2.1]:25, delay=3.1,
+    delays=3/0.01/0.05/0.04, dsn=5.1.1, status=bounced (host mx.example.test[192.0.2.1] said:
+    550 5.1.1 <bob@example.test>: Recipient address rejected (in reply to RCPT TO command))
+
+``parse_delivery`` reads such a line (pure); ``DeliveryLog`` reads the lines Postfix wrote since a
+moment, from ``maillog_file`` when Postfix has one, else from the journal (``journalctl``).
+``outcome`` says what a line proves of its recipient for the callout cache: ``status=sent``
+through the primary proves the address valid; a 5xx reply to ``RCPT TO`` from the primary proves
+it invalid; nothing else proves anything (deferrals, refusals after DATA, bounces Postfix made
+itself with ``relay=none``, deliveries through another relay).
+"""
+from __future__ import annotations
+
+import grp
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Iterator, List, Optional
+
+from backupmx.common.callout_rules import INVALID, VALID
+from backupmx.common.config import PrimarySpec
+
+#: the end of a 5xx reply to RCPT, as smtp(8) logs it ("in reply to RCPT TO command")
+RCPT_REPLY = "(in reply to RCPT TO command)"
+#: seconds journalctl may take
+JOURNAL_TIMEOUT = 30.0
+
+_DELIVERY = re.compile(
+    r"\b(?P<queue_id>[0-9A-Za-z]{5,}): to=<(?P<recipient>.*?)>, (?:orig_to=<.*?>, )?"
+    r"relay=(?P<relay>[^,]+), .*?\bdsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3}), "
+    r"status=(?P<status>[a-z]+) \((?P<reply>.*)\)\s*$")
+_RELAY = re.compile(r"^(?P<host>[^\[\s]+)\[(?P<address>[^\]]*)\](?::(?P<port>\d+))?$")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One recipient's result in one delivery attempt: ``relay`` as logged
+    (``host[address]:port`` or ``none``), ``dsn`` the RFC 3463 status code, ``status``
+    Postfix's word (sent, deferred, bounced, ...), ``reply`` the text in parentheses."""
+
+    queue_id: str
+    recipient: str
+    relay: str
+    dsn: str
+    status: str
+    reply: str
+
+
+def parse_delivery(line: str) -> Optional[Delivery]:
+    """The Delivery a log line reports, or None when it is no such line."""
+    match = _DELIVERY.search(line)
+    if match is None:
+        return None
+    return Delivery(match["queue_id"], match["recipient"], match["relay"], match["dsn"],
+                    match["status"], match["reply"])
+
+
+def via_primary(relay: str, primary: PrimarySpec) -> bool:
+    """Whether a logged relay is the primary: for a fixed ``[host]:port`` the host (by name or
+    address) and the port must match; for an ``mx`` primary any relay Postfix found counts, as
+    Postfix chose it from the domain's MX set, the set the primary is defined by."""
+    match = _RELAY.match(relay.strip())
+    if match is None:
+        return False  # "none", "local", a socket path: Postfix did not reach a host
+    if primary.lookup_mx:
+        return True
+    port = int(match["port"]) if match["port"] else None
+    host = (primary.host or "").lower()
+    return (host in (match["host"].lower(), match["address"].lower())
+            and port in (None, primary.port))
+
+
+def outcome(delivery: Delivery, primary: PrimarySpec) -> Optional[str]:
+    """VALID, INVALID or None (proves nothing) for the callout cache (module docstring)."""
+    if not via_primary(delivery.relay, primary):
+        return None
+    if delivery.status == "sent" and delivery.dsn.startswith("2"):
+        return VALID
+    if (delivery.status == "bounced" and delivery.dsn.startswith("5")
+            and delivery.reply.endswith(RCPT_REPLY)):
+        return INVALID
+    return None
+
+
+def may_read_journal() -> bool:
+    """Whether this process may read every entry of the system journal (journalctl(1): root
+    and the members of the groups systemd-journal, adm and wheel)."""
+    if os.geteuid() == 0:
+        return True
+    groups = set(os.getgroups()) | {os.getegid()}
+    for name in ("systemd-journal", "adm", "wheel"):
+        try:
+            if grp.getgrnam(name).gr_gid in groups:
+                return True
+        except KeyError:
+            continue
+    return False
+
+
+class LogUnavailable(Exception):
+    """Postfix's delivery log cannot be read; the message says why and what to do."""
+
+
+class DeliveryLog:
+    """The lines Postfix logs from the moment ``open`` is called (the start of a flush).
+
+    ``maillog_file``: Postfix's parameter (empty: Postfix logs to syslog, read from the journal
+    by ``journalctl``). ``lines()`` returns the lines logged since; it raises LogUnavailable
+    when the file or the journal cannot be read.
+    """
+
+    def __init__(self, maillog_file: str, since: float) -> None:
+        self.maillog_file = maillog_file
+        self.since = since
+        self._offset = 0
+        self._inode: Optional[int] = None
+
+    @classmethod
+    def open(cls, maillog_file: str, now: float) -> "DeliveryLog":
+        """Remember where the log ends now. Raises LogUnavailable (no file, no journal)."""
+        log = cls(maillog_file, now)
+        if log.uses_file:
+            try:
+                status = os.stat(maillog_file)
+            except OSError as error:
+                raise LogUnavailable(f"Postfix's maillog_file {maillog_file}: "
+                                     f"{error.strerror}") from None
+            log._offset, log._inode = status.st_size, status.st_ino
+        elif shutil.which("journalctl") is None or not os.path.isdir("/run/systemd/journal"):
+            raise LogUnavailable("Postfix logs to syslog and there is no systemd journal to read "
+                                 "it from: set Postfix's maillog_file")
+        elif not may_read_journal():
+            # journalctl would show this user's own entries only, and exit 0
+            raise LogUnavailable("this user may not read the system journal: run as root or "
+                                 "as a member of group systemd-journal or adm")
+        return log
+
+    @property
+    def uses_file(self) -> bool:
+        return bool(self.maillog_file) and not self.maillog_file.startswith("/dev/")
+
+    def lines(self) -> List[str]:
+        return list(self._file_lines() if self.uses_file else self._journal_lines())
+
+    def _file_lines(self) -> Iterator[str]:
+        try:
+            with open(self.maillog_file, "rb") as log:
+                status = os.fstat(log.fileno())
+                # rotated or truncated since the start: the new file holds the rest
+                offset = (self._offset if status.st_ino == self._inode
+                          and status.st_size >= self._offset else 0)
+                log.seek(offset)
+                data = log.read()
+        except OSError as error:
+            raise LogUnavailable(f"Postfix's maillog_file {self.maillog_file}: "
+                                 f"{error.strerror}") from None
+        yield from data.decode("utf-8", "replace").splitlines()
+
+    def _journal_lines(self) -> Iterator[str]:
+        # the mail facility (2) holds every Postfix program whatever its syslog_name; a
+        # second before the start, as --since counts whole seconds
+        command = ["journalctl", "--quiet", "--no-pager", "--output=cat", "SYSLOG_FACILITY=2",
+                   f"--since=@{int(self.since) - 1}"]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, errors="replace",
+                                    timeout=JOURNAL_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise LogUnavailable(f"journalctl: {error}") from None
+        if result.returncode != 0:
+            detail = result.stderr.strip().splitlines()
+            raise LogUnavailable(f"journalctl: {detail[-1] if detail else result.returncode}")
+        yield from result.stdout.splitlines()

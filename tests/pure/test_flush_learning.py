@@ -1,0 +1,163 @@
+"""admin.delivery_log and admin.flush_learning: what a flush's log lines prove of recipients;
+policyd.callout_follow: policyd takes what another process stored.
+
+The log lines are copied from the real Postfix 3.7 of tests/integration/test_callout_flush.py
+(which checks the live ones); the others vary one field of them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+from twisted.internet.task import Clock
+
+from backupmx.admin.delivery_log import (
+    DeliveryLog,
+    LogUnavailable,
+    outcome,
+    parse_delivery,
+    via_primary,
+)
+from backupmx.admin.flush_learning import in_domain, learned_entries
+from backupmx.common.callout_cache import CalloutCache, CalloutStore
+from backupmx.common.callout_rules import INVALID, VALID, Entry, Lifetimes
+from backupmx.common.config import PrimarySpec
+from backupmx.policyd.callout_follow import StoreFollower
+
+PREFIX = "Nov 29 15:21:06 backupmx postfix/smtp[29901]: "
+SENT = (PREFIX + "E6A82220091: to=<alice@example.test>, relay=127.0.0.1[127.0.0.1]:46971, "
+        "delay=1.2, delays=1.2/0/0/0.01, dsn=2.0.0, status=sent (250 2.0.0 Ok: delivered to "
+        "the fake primary)")
+REFUSED = (PREFIX + "E6A82220091: to=<bob@example.test>, relay=127.0.0.1[127.0.0.1]:46971, "
+           "delay=1.2, delays=1.2/0/0/0.01, dsn=5.1.1, status=bounced (host "
+           "127.0.0.1[127.0.0.1] said: 550 5.1.1 <bob@example.test>: Recipient address "
+           "rejected: User unknown (in reply to RCPT TO command))")
+DEFERRED = (PREFIX + "E6A82220091: to=<alice@example.test>, relay=none, delay=0.05, "
+            "delays=0.04/0.01/0/0, dsn=4.4.1, status=deferred (connect to "
+            "127.0.0.1[127.0.0.1]:46971: Connection refused)")
+OWN_BOUNCE = (PREFIX + "22ACD22009D: to=<someone@sender.test>, relay=none, delay=0.01, "
+              "delays=0/0.01/0/0, dsn=5.4.4, status=bounced (unable to look up host "
+              "sender.test: Name or service not known)")
+REJECT = ("Nov 29 15:21:15 backupmx postfix/smtpd[29894]: NOQUEUE: reject: RCPT from "
+          "localhost[127.0.0.1]: 550 5.1.1 <bob@example.test>: Recipient address rejected: "
+          "User unknown; from=<someone@sender.test> to=<bob@example.test> proto=ESMTP "
+          "helo=<client.test>")
+PRIMARY = PrimarySpec("127.0.0.1", 46971)
+IDS = {"E6A82220091"}
+
+
+def test_parse_a_delivery_line() -> None:
+    found = parse_delivery(REFUSED)
+    assert found is not None
+    assert (found.queue_id, found.recipient, found.relay, found.dsn, found.status) == (
+        "E6A82220091", "bob@example.test", "127.0.0.1[127.0.0.1]:46971", "5.1.1", "bounced")
+    assert found.reply.startswith("host 127.0.0.1[127.0.0.1] said: 550 5.1.1")
+    assert found.reply.endswith("(in reply to RCPT TO command)")
+    # journalctl --output=cat gives the message alone
+    assert parse_delivery(REFUSED[len(PREFIX):]) == found
+    assert parse_delivery(REJECT) is None  # smtpd's own refusals are not deliveries
+    assert parse_delivery("garbage") is None
+
+
+def test_what_a_line_proves() -> None:
+    lines = {SENT: VALID, REFUSED: INVALID, DEFERRED: None, OWN_BOUNCE: None}
+    for line, expected in lines.items():
+        delivery = parse_delivery(line)
+        assert delivery is not None
+        assert outcome(delivery, PRIMARY) == expected, line
+    # a 5xx after DATA refuses the message, not the recipient
+    after_data = REFUSED.replace("(in reply to RCPT TO command)",
+                                 "(in reply to end of DATA command)")
+    assert outcome(parse_delivery(after_data), PRIMARY) is None  # type: ignore[arg-type]
+    # the same lines from another host than the primary prove nothing
+    assert outcome(parse_delivery(SENT), PrimarySpec("127.0.0.9", 46971)) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("relay,primary,expected", [
+    ("127.0.0.1[127.0.0.1]:46971", PrimarySpec("127.0.0.1", 46971), True),
+    ("mx.example.test[192.0.2.1]:25", PrimarySpec("MX.example.test", 25), True),
+    ("mx.example.test[192.0.2.1]:25", PrimarySpec("192.0.2.1", 25), True),
+    ("mx.example.test[192.0.2.1]:2525", PrimarySpec("mx.example.test", 25), False),
+    ("relay.isp.test[198.51.100.1]:25", PrimarySpec("mx.example.test", 25), False),
+    ("mx.example.test[192.0.2.1]:25", PrimarySpec(None), True),  # Postfix chose it by MX
+    ("none", PrimarySpec(None), False),
+    ("local", PrimarySpec(None), False),
+])
+def test_via_primary(relay: str, primary: PrimarySpec, expected: bool) -> None:
+    assert via_primary(relay, primary) is expected
+
+
+def deliveries(*lines: str) -> list:
+    return [d for d in map(parse_delivery, lines) if d is not None]
+
+
+def test_learned_entries_keep_the_held_messages_of_the_domain_only() -> None:
+    other_message = SENT.replace("E6A82220091", "F00000000A1").replace("alice", "carol")
+    other_domain = SENT.replace("alice@example.test", "alice@other.test")
+    subdomain = SENT.replace("alice@example.test", "Dan@Sub.Example.test")
+    found = learned_entries(deliveries(DEFERRED, SENT, REFUSED, OWN_BOUNCE, other_message,
+                                       other_domain, subdomain),
+                            "example.test", PRIMARY, IDS, 100.0)
+    assert {(e.address, e.domain, e.status) for e in found} == {
+        ("alice@example.test", "example.test", VALID),
+        ("bob@example.test", "example.test", INVALID),
+        ("dan@sub.example.test", "example.test", VALID)}
+    assert all(e.verified_at == 100.0 for e in found)
+    assert in_domain("x@example.test.", "example.test")
+    assert not in_domain("x@notexample.test", "example.test")
+
+
+def test_the_last_line_of_a_recipient_wins() -> None:
+    later_sent = SENT.replace("alice", "bob")
+    found = learned_entries(deliveries(REFUSED, later_sent), "example.test", PRIMARY, IDS, 1.0)
+    assert [(e.address, e.status) for e in found] == [("bob@example.test", VALID)]
+
+
+def test_maillog_file_lines_since_the_start(tmp_path: Path) -> None:
+    maillog = tmp_path / "maillog"
+    maillog.write_text(DEFERRED + "\n")
+    log = DeliveryLog.open(str(maillog), 0.0)
+    with maillog.open("a") as out:
+        out.write(SENT + "\n")
+    assert log.lines() == [SENT]
+    # rotated: the new file holds what came after
+    os.rename(maillog, tmp_path / "maillog.1")
+    maillog.write_text(REFUSED + "\n")
+    assert log.lines() == [REFUSED]
+    with pytest.raises(LogUnavailable, match="maillog_file"):
+        DeliveryLog.open(str(tmp_path / "missing"), 0.0)
+
+
+class Engine:
+    def __init__(self, cache: CalloutCache) -> None:
+        self.cache = cache
+        self.setup: Dict[str, Any] = {"example.test": object()}
+
+
+def test_policyd_takes_what_another_process_stored(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(1000.0)
+    store = CalloutStore(str(tmp_path / "callouts.sqlite3"))
+    cache = CalloutCache({"example.test": Lifetimes()}, clock.seconds)
+    own = Entry("dave@example.test", "example.test", VALID, 990.0)
+    cache.record(own)
+    store.put([own])
+    follower = StoreFollower(clock, store, Engine(cache), since=1000.0)
+    assert follower.take(store.entries_since(follower.since - 60)) == 0  # already known
+
+    # backupmx flush writes from its own connection
+    other = CalloutStore(store.path)
+    other.put([Entry("alice@example.test", "example.test", VALID, 1005.0),
+               Entry("bob@example.test", "example.test", INVALID, 1005.0),
+               Entry("x@elsewhere.test", "elsewhere.test", VALID, 1005.0)])
+    other.close()
+    assert follower.take(store.entries_since(follower.since - 60)) == 2
+    assert cache.verdict("alice@example.test", "example.test", 1006.0).status == "positive"
+    assert cache.verdict("bob@example.test", "example.test", 1006.0).status == "negative"
+    assert cache.get("x@elsewhere.test") is None  # no callouts for that domain
+    assert follower.since == 1005.0
+    # the next look finds nothing new
+    assert follower.take(store.entries_since(follower.since - 60)) == 0
+    store.close()

@@ -157,8 +157,7 @@ def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: fl
     if if_held and held_before == 0:
         return None
     flush_id = ledger.start_flush(domain, trigger, force, report.status, held_before, ctx.clock())
-    held_ids = {row.queue_id for row in ledger.held_rows(domain)}
-    learning = flush_learning.start(ctx, domain, held_ids)
+    learning = flush_learning.start(ctx, domain)
     result = ctx.postfix.flush_domain(domain)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
@@ -170,10 +169,7 @@ def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: fl
     delivered = ledger.count_flushed(flush_id)
     outcome = "complete" if remaining == 0 else "partial"
     ledger.finish_flush(flush_id, delivered, remaining, outcome, "", ctx.clock())
-    learned = None
-    if learning is not None:
-        left = held_ids - {row.queue_id for row in ledger.held_rows(domain)}
-        learned = flush_learning.finish(ctx, learning, left)
+    learned = None if learning is None else flush_learning.finish(ctx, learning, flush_id)
     return FlushOutcome(domain, flush_id, held_before, delivered, remaining, outcome, learned)
 
 
@@ -199,6 +195,7 @@ def flush_auto(ctx: CommandContext, wait: float = DEFAULT_WAIT,
     runs once per process) and the reports are left in ``probed`` for it."""
     reports: Dict[str, PrimaryState] = {}
     status = _flush_auto(ctx, wait, reports)
+    flush_learning.learn_pending(ctx)
     if probed is not None:
         probed.update(reports)
     from backupmx.admin.notify import notify

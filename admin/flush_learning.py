@@ -2,22 +2,26 @@
 
 When a flush hands a domain's held mail to its primary, Postfix's SMTP client logs each
 recipient's result (admin.delivery_log). For a domain with a ``callout`` source, the recipients
-the primary accepted become ``valid`` entries of the callout cache and the ones it refused with
-a 5xx reply to ``RCPT TO`` become ``invalid`` entries, under the same rule as a callout's answer
-(common.callout_rules.merged: an unexpired valid entry is not replaced by an invalid one).
-Entries go to the file policyd keeps (common.callout_cache, ``callouts.sqlite3`` in ``[policyd]
-state_directory``); policyd reads what others added there within ``FOLLOW_INTERVAL`` seconds
-(policyd.callout_follow).
+of the messages that left the queue during the flush that the primary accepted become ``valid``
+entries of the callout cache, and the ones it refused with a 5xx reply to ``RCPT TO`` become
+``invalid`` entries, under the same rule as a callout's answer (common.callout_rules.merged: an
+unexpired valid entry is not replaced by an invalid one). Entries go to the file policyd keeps
+(common.callout_cache, ``callouts.sqlite3`` in ``[policyd] state_directory``); policyd takes
+what others added there within policyd.callout_follow.FOLLOW_INTERVAL seconds.
 
-Learning never changes a flush's outcome: when the log cannot be read, the flush says why in
-one line and goes on.
+The flush learns at once when it can read the log; the ledger marks each flush learned from
+(``flush_events.learned_at``). A flush whose process may not read the journal (the one policyd
+runs when a primary returns) is learned from by the next ``flush --auto`` of
+backupmx-flush.service, which has the group systemd-journal. Learning never changes a flush's
+outcome: when the log cannot be read, the flush says why in one line and goes on.
 """
 from __future__ import annotations
 
 import os
 import sqlite3
 from dataclasses import dataclass
-from typing import Collection, FrozenSet, Iterable, List, Optional, Tuple, cast
+from functools import partial
+from typing import Callable, Collection, Iterable, List, Optional, Tuple, cast
 
 from backupmx.admin.context import CommandContext
 from backupmx.admin.delivery_log import (
@@ -41,22 +45,24 @@ from backupmx.common.callout_rules import (
 from backupmx.common.config import PrimarySpec
 from backupmx.common.postfix import PostfixError
 from backupmx.common.source_settings import CalloutSettings
+from backupmx.milter.ledger import LedgerError
 
 #: seconds to wait, once the mail left the queue, for Postfix's log lines about it
 LOG_WAIT = 5.0
+#: seconds back ``flush --auto`` looks for flushes not learned from yet
+PENDING_WITHIN = 86400.0
 #: Postfix's final results of a recipient (the others are retried)
 FINAL = ("sent", "bounced")
 
 
 @dataclass(frozen=True)
 class Learning:
-    """A flush being learned from: the domain, its primary, its callout lifetimes, the queue
-    ids held at the start and where the log stood then."""
+    """What a flush of ``domain`` is learned with: its primary, its callout lifetimes and the
+    log, read from where it stood at the flush's start."""
 
     domain: str
     primary: PrimarySpec
     lifetimes: Lifetimes
-    queue_ids: FrozenSet[str]
     log: DeliveryLog
 
 
@@ -84,45 +90,91 @@ def learned_entries(deliveries: Iterable[Delivery], domain: str, primary: Primar
     return list(found.values())
 
 
-def start(ctx: CommandContext, domain: str, queue_ids: Collection[str]) -> Optional[Learning]:
-    """Before ``postqueue -s``: a Learning, or None when the domain has no callout source or
-    the log cannot be read (said in one line)."""
+def _learning(ctx: CommandContext, domain: str, log: Callable[[str], DeliveryLog]
+              ) -> Optional[Learning]:
+    """A Learning for a domain with a callout source (else None); raises LogUnavailable."""
     source = callout_sources(ctx.config).get(domain)
-    if source is None or not queue_ids:
+    if source is None:
         return None
     try:
         maillog = ctx.postfix.postconf("maillog_file", expand=True).get("maillog_file", "")
-        log = DeliveryLog.open(maillog, ctx.clock())
-    except (LogUnavailable, PostfixError) as error:
-        ctx.warn(f"{domain}: not learning recipients from this flush: {error}")
-        return None
+    except PostfixError as error:
+        raise LogUnavailable(str(error)) from None
     settings = cast(CalloutSettings, source.driver)
-    return Learning(domain, ctx.config.domains[domain], settings.lifetimes, frozenset(queue_ids),
-                    log)
+    return Learning(domain, ctx.config.domains[domain], settings.lifetimes, log(maillog))
+
+
+def start(ctx: CommandContext, domain: str) -> Optional[Learning]:
+    """Before ``postqueue -s``: a Learning, or None when the domain has no callout source or
+    this process cannot read the log (said in one line: the next ``flush --auto``, run by
+    backupmx-flush.service with the group systemd-journal, learns from the flush then)."""
+    try:
+        return _learning(ctx, domain, lambda maillog: DeliveryLog.open(maillog, ctx.clock()))
+    except LogUnavailable as error:
+        print(f"{domain}: recipients are learned from this flush by the next "
+              f"'backupmx flush --auto' ({error})", file=ctx.out)
+        return None
 
 
 def finish(ctx: CommandContext, learning: Learning,
-           left: Collection[str]) -> Optional[Tuple[int, int]]:
+           flush_id: int) -> Optional[Tuple[int, int]]:
     """After the flush: read the log (waiting up to LOG_WAIT seconds for the lines of every
-    message in ``left``, the queue ids that left the queue) and store what it proves.
-    (valid, invalid) entries stored, or None when nothing could be learned (said in one line)."""
-    deadline = ctx.clock() + LOG_WAIT
+    message that left), store what it proves and mark the flush learned. (valid, invalid)
+    entries stored, or None when nothing could be stored (said in one line)."""
+    ledger = ctx.ledger()
+    try:
+        learned = learn(ctx, learning, ledger.flushed_queue_ids(flush_id), LOG_WAIT)
+    except LogUnavailable as error:
+        print(f"{learning.domain}: recipients are learned from this flush by the next "
+              f"'backupmx flush --auto' ({error})", file=ctx.out)
+        return None
+    if learned is not None:
+        ledger.mark_learned(flush_id, ctx.clock())
+    return learned
+
+
+def learn_pending(ctx: CommandContext) -> None:
+    """What ``flush --auto`` does last: learn from the flushes of the last PENDING_WITHIN
+    seconds no process could learn from (a flush policyd ran, whose user may not read the
+    journal). Prints a line per flush learned; never raises."""
+    domains = callout_sources(ctx.config)
+    try:
+        ledger = ctx.ledger()
+        pending = ledger.unlearned_flushes(domains, ctx.clock() - PENDING_WITHIN)
+        for flush_id, domain, started_at in pending:
+            learning = _learning(ctx, domain, partial(DeliveryLog, since=started_at))
+            if learning is None:
+                continue
+            learned = learn(ctx, learning, ledger.flushed_queue_ids(flush_id), 0.0)
+            if learned is None:
+                return
+            ledger.mark_learned(flush_id, ctx.clock())
+            print(f"{domain}: learned {learned[0]} valid and {learned[1]} invalid recipients "
+                  f"from flush #{flush_id}", file=ctx.out)
+    except LogUnavailable as error:
+        ctx.warn(f"not learning recipients from earlier flushes: {error}")
+    except (LedgerError, sqlite3.Error, OSError) as error:
+        ctx.warn(f"not learning recipients from earlier flushes: {error}")
+
+
+def learn(ctx: CommandContext, learning: Learning, queue_ids: Collection[str],
+          wait: float) -> Optional[Tuple[int, int]]:
+    """Read the log (for up to ``wait`` seconds, until every message of ``queue_ids`` has a
+    final line), store what it proves; (valid, invalid) stored, or None (said in one line).
+    Raises LogUnavailable."""
+    deadline = ctx.clock() + wait
     while True:
-        try:
-            deliveries = [d for d in map(parse_delivery, learning.log.lines()) if d is not None]
-        except LogUnavailable as error:
-            ctx.warn(f"{learning.domain}: not learning recipients from this flush: {error}")
-            return None
+        deliveries = [d for d in map(parse_delivery, learning.log.lines()) if d is not None]
         logged = {d.queue_id for d in deliveries if d.status in FINAL}
-        if set(left) <= logged or ctx.clock() >= deadline:
+        if set(queue_ids) <= logged or ctx.clock() >= deadline:
             break
         ctx.sleep(0.2)
-    entries = learned_entries(deliveries, learning.domain, learning.primary,
-                              learning.queue_ids, ctx.clock())
+    entries = learned_entries(deliveries, learning.domain, learning.primary, queue_ids,
+                              ctx.clock())
     try:
         kept = store(ctx, entries, learning.lifetimes)
     except (sqlite3.Error, OSError) as error:
-        ctx.warn(f"{learning.domain}: the recipients learned from this flush were not "
+        ctx.warn(f"{learning.domain}: the recipients learned from a flush were not "
                  f"stored: {error}")
         return None
     return (sum(1 for e in kept if e.status == VALID), sum(1 for e in kept if e.status == INVALID))

@@ -382,6 +382,33 @@ class Ledger:
                 " result = ?, detail = ? WHERE id = ?",
                 (now, delivered, remaining, result, detail, flush_id))
 
+    def unlearned_flushes(self, domains: Iterable[str],
+                          since: float) -> List[Tuple[int, str, float]]:
+        """(id, domain, started_at) of the finished flushes of ``domains`` that started after
+        ``since`` (Unix seconds), moved mail, and were not learned from yet; oldest first."""
+        wanted = sorted(set(domains))
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        with self._lock:
+            return [tuple(row) for row in self._connection().execute(
+                "SELECT id, domain, started_at FROM flush_events WHERE learned_at IS NULL"
+                " AND result IN ('complete', 'partial') AND delivered > 0"
+                f" AND started_at > ? AND domain IN ({marks}) ORDER BY id",
+                (since, *wanted)).fetchall()]
+
+    def flushed_queue_ids(self, flush_id: int) -> List[str]:
+        """Queue ids of the messages that left the queue during the flush."""
+        with self._lock:
+            return [row[0] for row in self._connection().execute(
+                "SELECT m.queue_id FROM message_domains md JOIN messages m"
+                " ON m.id = md.message_id WHERE md.flush_id = ?", (flush_id,))]
+
+    def mark_learned(self, flush_id: int, now: float) -> None:
+        with self._lock:
+            self._connection().execute(
+                "UPDATE flush_events SET learned_at = ? WHERE id = ?", (now, flush_id))
+
     def last_flushes(self) -> Dict[str, FlushEvent]:
         """The latest flush event of every domain that had one."""
         with self._lock:

@@ -120,6 +120,16 @@ MIGRATIONS: Tuple[str, ...] = (
         WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
         BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('flush', NEW.id); END;
     """,
+    # 6: when the callout cache learned from a flush's deliveries (admin.flush_learning); the
+    # fleet hears of a flush's own changes only, not of this local bookkeeping
+    """
+    ALTER TABLE flush_events ADD COLUMN learned_at REAL;
+    DROP TRIGGER fleet_outbox_flush_update;
+    CREATE TRIGGER fleet_outbox_flush_update
+        AFTER UPDATE OF finished_at, delivered, remaining, result, detail ON flush_events
+        WHEN (SELECT enabled FROM fleet_push WHERE id = 1)
+        BEGIN INSERT INTO fleet_outbox (kind, ref) VALUES ('flush', NEW.id); END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

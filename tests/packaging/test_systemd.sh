@@ -368,6 +368,14 @@ check "RCPT known recipient, primary down: 250 (chrooted smtpd -> policyd)" expe
 check "RCPT unknown recipient: 550" expect_rcpt "nobody@$DOMAIN" 550
 send_and_record() { send_mail 1 && until_ok 20 held_is 3; }
 check "a message accepted and recorded in the ledger (3 held)" send_and_record
+add_callout_source() {  # the primary will refuse bob: the flush learns that from the journal
+    ct sh -c "printf '\n[recipients verify]\ntype = callout\ndomains = $DOMAIN\n' >>/etc/backupmx/backupmx.conf" &&
+    ct sh -c "echo 'bob@$DOMAIN OK' >>/etc/backupmx/relay_recipients" &&
+    ct systemctl restart backupmx-policyd.service && until_ok 30 policyd_listening
+}
+check "a callout source for $DOMAIN; bob listed" add_callout_source
+send_to_bob() { smtp send "bob@$DOMAIN" && until_ok 20 held_is 4; }
+check "a message to bob accepted and recorded (4 held)" send_to_bob
 
 # ---- flush ------------------------------------------------------------------------------------
 echo "== flush"
@@ -376,9 +384,21 @@ root_flush_keeps_lock() {
     ct stat -c '%U:%G' "$LOCK" | tee /dev/stderr | grep -qx backupmx:backupmx
 }
 check "root's 'backupmx flush --auto' leaves the lock to backupmx" root_flush_keeps_lock
+# The fake primary: aiosmtpd's Mailbox, refusing bob at RCPT as a primary without him would.
+FAKE_PRIMARY='from aiosmtpd.handlers import Mailbox
+
+
+class Primary(Mailbox):
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.lower().startswith("bob@"):
+            return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+'
 check "fake primary started (aiosmtpd via systemd-run)" \
-    ct systemd-run --unit=fake-primary --quiet python3 -m aiosmtpd -n -l 127.0.0.1:2526 \
-    -c aiosmtpd.handlers.Mailbox /var/tmp/primary
+    ct sh -c "printf '%s' '$FAKE_PRIMARY' >/var/tmp/fake_primary.py" && \
+    ct systemd-run --unit=fake-primary --quiet --setenv=PYTHONPATH=/var/tmp python3 -m aiosmtpd \
+    -n -l 127.0.0.1:2526 -c fake_primary.Primary /var/tmp/primary
 until_ok 20 ct bash -c 'exec 3<>/dev/tcp/127.0.0.1/2526' 2>/dev/null
 check "RCPT while the primary answers: 450 (deliver there)" until_ok 20 expect_rcpt "alice@$DOMAIN" 450
 delivered() { local n; n=$(ct sh -c 'ls /var/tmp/primary/new 2>/dev/null | wc -l'); echo "at the primary: $n (want $1)"; [ "$n" = "$1" ]; }
@@ -391,6 +411,22 @@ flush_service() {
 check "backupmx-flush.service succeeds as backupmx (postqueue: AF_NETLINK, postdrop)" flush_service
 check "the held mail reached the primary (3 messages)" until_ok 30 delivered 3
 check "the ledger holds nothing more for $DOMAIN" until_ok 20 held_is 0
+flush_learned() {  # policyd's flush on return could not read the journal: the timer's does
+    ct journalctl -u backupmx-flush.service --no-pager -o cat | tail -4 | tee /dev/stderr \
+        | grep -q "learned 1 valid and 1 invalid recipients" && return 0
+    ct systemctl start backupmx-flush.service; return 1
+}
+learned_from_journal() {
+    until_ok 30 flush_learned &&
+    ct backupmx query "bob@$DOMAIN" --no-probe | tee /dev/stderr | grep -q "callout: invalid" &&
+    ct backupmx query "alice@$DOMAIN" --no-probe | grep -q "callout: valid"
+}
+check "the flush learned alice valid and bob invalid from Postfix's journal" learned_from_journal
+drop_callout_source() {  # the checks below judge unknown recipients by the list alone
+    ct sed -i '/^\[recipients verify\]/,$d' /etc/backupmx/backupmx.conf &&
+    ct systemctl restart backupmx-policyd.service && until_ok 30 policyd_listening
+}
+check "the callout source removed again" drop_callout_source
 timer_listed() { ct systemctl list-timers --all --no-legend backupmx-flush.timer | tee /dev/stderr | grep -q backupmx-flush.service; }
 check "backupmx-flush.timer listed" timer_listed
 

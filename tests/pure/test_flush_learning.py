@@ -6,13 +6,16 @@ The log lines are copied from the real Postfix 3.7 of tests/integration/test_cal
 """
 from __future__ import annotations
 
+import io
 import os
+import subprocess
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Iterator, Tuple
 
 import pytest
 from twisted.internet.task import Clock
 
+from backupmx.admin.context import CommandContext
 from backupmx.admin.delivery_log import (
     DeliveryLog,
     LogUnavailable,
@@ -20,11 +23,14 @@ from backupmx.admin.delivery_log import (
     parse_delivery,
     via_primary,
 )
+from backupmx.admin.flush import flush_command, flush_domain
 from backupmx.admin.flush_learning import in_domain, learned_entries
-from backupmx.common.callout_cache import CalloutCache, CalloutStore
+from backupmx.common.callout_cache import CalloutCache, CalloutStore, store_path
 from backupmx.common.callout_rules import INVALID, VALID, Entry, Lifetimes
-from backupmx.common.config import PrimarySpec
+from backupmx.common.config import PrimarySpec, parse_config
+from backupmx.milter.ledger import Ledger
 from backupmx.policyd.callout_follow import StoreFollower
+from tests.harness.command_fakes import FakeClock, FakePostfix, ScriptedProber, record
 
 PREFIX = "Nov 29 15:21:06 backupmx postfix/smtp[29901]: "
 SENT = (PREFIX + "E6A82220091: to=<alice@example.test>, relay=127.0.0.1[127.0.0.1]:46971, "
@@ -161,3 +167,108 @@ def test_policyd_takes_what_another_process_stored(tmp_path: Path) -> None:
     # the next look finds nothing new
     assert follower.take(store.entries_since(follower.since - 60)) == 0
     store.close()
+
+
+# ---- the flush learns: at once, or at the next flush --auto -----------------------------------
+
+def log_line(queue_id: str, recipient: str, port: int, sent: bool) -> str:
+    line = SENT if sent else REFUSED
+    return (line.replace("E6A82220091", queue_id).replace("46971", str(port))
+            .replace("alice@example.test" if sent else "bob@example.test", recipient))
+
+
+class LoggingPostfix(FakePostfix):
+    """Delivers like FakePostfix and logs each a.test recipient as smtp(8) does: those in
+    ``known`` sent, the others refused at RCPT (5.1.1)."""
+
+    def __init__(self, maillog: Path) -> None:
+        super().__init__()
+        self.maillog = maillog
+        self.known = {"alice@a.test"}
+
+    def flush_domain(self, domain: str) -> subprocess.CompletedProcess:
+        lines = [log_line(m["queue_id"], r["address"], 2601, r["address"] in self.known)
+                 for m in self.queue for r in m["recipients"]
+                 if r["address"].endswith("@" + domain) and self.deliver.get(domain)]
+        if self.maillog.exists():
+            with self.maillog.open("a") as out:
+                out.write("".join(line + "\n" for line in lines))
+        else:
+            self.unlogged = lines
+        return super().flush_domain(domain)
+
+
+@pytest.fixture
+def flushing(tmp_path: Path) -> Iterator[Tuple[CommandContext, LoggingPostfix, Path]]:
+    config_path = tmp_path / "backupmx.conf"
+    config_path.write_text(
+        f"[policyd]\nstate_directory = {tmp_path / 'state'}\n\n"
+        f"[milter]\nledger = {tmp_path / 'ledger.sqlite3'}\n\n"
+        "[domains]\na.test = [127.0.0.1]:2601\n\n"
+        "[recipients verify]\ntype = callout\ndomains = a.test\n")
+    maillog = tmp_path / "maillog"
+    maillog.write_text("")
+    postfix = LoggingPostfix(maillog)
+    postfix.parameters["maillog_file"] = str(maillog)
+    postfix.deliver["a.test"] = True
+    clock = FakeClock(1000.0)
+    ctx = CommandContext(config=parse_config(config_path.read_text(), str(config_path)),
+                         postfix=postfix, probe=ScriptedProber({"a.test": "up"}),  # type: ignore[arg-type]
+                         probe_timeout=1.0, clock=clock, sleep=clock.sleep,
+                         out=io.StringIO(), err=io.StringIO())
+    ledger = Ledger(ctx.config.milter.ledger)
+    ledger.record(record("AAA001", received_at=990.0, a_test="alice@a.test,zz@a.test"))
+    postfix.add("AAA001", "alice@a.test", "zz@a.test")
+    ledger.record(record("AAA002", received_at=990.0, a_test="alice@a.test"))
+    postfix.add("AAA002", "alice@a.test")
+    # policyd makes the cache file at its start
+    made = CalloutStore(store_path(str(tmp_path / "state")))
+    assert made.entries() == []
+    made.close()
+    yield ctx, postfix, maillog
+    ledger.close()
+    ctx.close()
+
+
+def stored(ctx: CommandContext) -> Dict[str, str]:
+    store = CalloutStore(store_path(ctx.config.policyd.state_directory))
+    try:
+        return {e.address: e.status for e in store.entries()}
+    finally:
+        store.close()
+
+
+def test_a_flush_learns_at_once(flushing: Tuple[CommandContext, LoggingPostfix, Path]) -> None:
+    ctx, _, _ = flushing
+    outcome = flush_domain(ctx, "a.test", wait=1.0)
+    assert outcome is not None and outcome.learned == (1, 1), ctx.err.getvalue()
+    assert "learned 1 valid and 1 invalid recipients" in outcome.describe()
+    assert stored(ctx) == {"alice@a.test": VALID, "zz@a.test": INVALID}
+    assert ctx.ledger().unlearned_flushes(["a.test"], 0.0) == []
+
+
+def test_a_flush_that_cannot_read_the_log_is_learned_by_the_next_auto(
+        flushing: Tuple[CommandContext, LoggingPostfix, Path]) -> None:
+    ctx, postfix, maillog = flushing
+    maillog.unlink()  # as for policyd's user, which may not read the journal
+    outcome = flush_domain(ctx, "a.test", wait=1.0)
+    assert outcome is not None and outcome.learned is None and outcome.result == "complete"
+    assert "learned from this flush by the next 'backupmx flush --auto'" in ctx.out.getvalue()
+    assert stored(ctx) == {}
+    maillog.write_text("".join(line + "\n" for line in postfix.unlogged))
+    assert flush_command(ctx, None, auto=True, force=False, wait=1.0) == 0
+    assert "a.test: learned 1 valid and 1 invalid recipients from flush #1" in ctx.out.getvalue()
+    assert stored(ctx) == {"alice@a.test": VALID, "zz@a.test": INVALID}
+    before = ctx.out.getvalue()
+    assert flush_command(ctx, None, auto=True, force=False, wait=1.0) == 0
+    assert "learned" not in ctx.out.getvalue()[len(before):]  # once only
+
+
+def test_without_the_cache_file_the_flush_stays_to_learn(
+        flushing: Tuple[CommandContext, LoggingPostfix, Path]) -> None:
+    ctx, _, _ = flushing
+    os.unlink(store_path(ctx.config.policyd.state_directory))
+    outcome = flush_domain(ctx, "a.test", wait=1.0)
+    assert outcome is not None and outcome.learned is None
+    assert "does not exist yet (backupmx-policyd creates it)" in ctx.err.getvalue()
+    assert [row[1] for row in ctx.ledger().unlearned_flushes(["a.test"], 0.0)] == ["a.test"]

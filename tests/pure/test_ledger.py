@@ -73,7 +73,7 @@ def test_version_3_ledger_gains_the_notify_state(tmp_path: Path) -> None:
     assert ledger.notify_states() == {"a.test": (10.0, 30.0, None)}
     conn = ledger._connection()
     assert conn.execute("SELECT queue_id, size FROM messages").fetchall() == [("OLD1", 42)]
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     ledger.close()
 
 

@@ -13,6 +13,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+from backupmx.milter.ledger_schema import immediate
+
 MESSAGE, FLUSH = "message", "flush"
 MESSAGE_COLUMNS = ("id", "queue_id", "received_at", "sender", "size", "client_addr",
                    "client_name", "helo")
@@ -53,15 +55,9 @@ class Batch:
 
 
 def _write(conn: sqlite3.Connection, statements: Sequence[Tuple[str, tuple]]) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         for sql, args in statements:
             conn.execute(sql, args)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def state(conn: sqlite3.Connection) -> PushState:
@@ -83,19 +79,13 @@ def enable(conn: sqlite3.Connection) -> bool:
     """Start recording changes, queueing the whole ledger once; False when already enabled."""
     if conn.execute("SELECT enabled FROM fleet_push WHERE id = 1").fetchone()[0]:
         return False
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         if conn.execute("SELECT enabled FROM fleet_push WHERE id = 1").fetchone()[0]:
             conn.execute("ROLLBACK")
             return False
         conn.execute("UPDATE fleet_push SET enabled = 1 WHERE id = 1")
         for sql, args in _QUEUE_ALL:
             conn.execute(sql, args)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return True
 
 
@@ -160,17 +150,11 @@ def record_failure(conn: sqlite3.Connection, error: str, now: float) -> None:
 def prune(conn: sqlite3.Connection, before: float) -> int:
     """Delete messages none of whose relay domains is still held and whose last change is older
     than ``before`` (retention); their domain rows go with them. Returns how many."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         cursor = conn.execute(
             "DELETE FROM messages WHERE id IN (SELECT message_id FROM message_domains"
             " GROUP BY message_id HAVING SUM(state = 'held') = 0"
             " AND MAX(COALESCE(changed_at, 0)) < ?)", (before,))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return cursor.rowcount
 
 

@@ -25,6 +25,7 @@ from backupmx.milter.ledger_schema import (  # noqa: F401 (the ledger's public n
     SCHEMA_VERSION,
     LedgerError,
     connect,
+    immediate,
     migrate,
 )
 
@@ -198,8 +199,7 @@ class Ledger:
         return self.write([]) if self.journal.pending() else 0
 
     def _insert(self, conn: sqlite3.Connection, records: Iterable[MessageRecord]) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             for record in records:
                 if self._complete_adopted(conn, record):
                     continue
@@ -215,11 +215,6 @@ class Ledger:
                     " changed_at) VALUES (?, ?, ?, 'held', ?)",
                     [(cursor.lastrowid, domain, "\n".join(rcpts), record.received_at)
                      for domain, rcpts in record.recipients.items()])
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     @staticmethod
     def _complete_adopted(conn: sqlite3.Connection, record: MessageRecord) -> bool:
@@ -281,8 +276,7 @@ class Ledger:
         state = FLUSHED if flush_id is not None else LEFT
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(conn):
                 conn.executemany(
                     "UPDATE message_domains SET state = ?, changed_at = ?, flush_id = ?"
                     " WHERE message_id = ? AND domain = ? AND state = 'held'",
@@ -292,11 +286,6 @@ class Ledger:
                     " AND seen_in_queue_at IS NULL", [(now, message_id) for message_id in seen])
                 conn.executemany("UPDATE messages SET size = ? WHERE id = ?",
                                  [(size, message_id) for message_id, size in sizes])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
 
     def summaries(self) -> Dict[str, DomainSummary]:
         """Held messages, bytes, oldest arrival and adopted messages per domain (one indexed
@@ -333,8 +322,7 @@ class Ledger:
             return
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(conn):
                 for message_id, record in adoptions:
                     if message_id is None:
                         conn.execute(
@@ -350,11 +338,6 @@ class Ledger:
                         " state, changed_at, adopted_at) VALUES (?, ?, ?, 'held', ?, ?)",
                         [(message_id, domain, "\n".join(rcpts), now, now)
                          for domain, rcpts in record.recipients.items()])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
 
     def count_flushed(self, flush_id: int) -> int:
         with self._lock:
@@ -442,15 +425,9 @@ class Ledger:
         """Replace the whole notification state in one transaction."""
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(conn):
                 conn.execute("DELETE FROM notify_state")
                 conn.executemany(
                     "INSERT INTO notify_state (domain, held_sent_at, last_sent_at,"
                     " bounce_warned_at) VALUES (?, ?, ?, ?)",
                     [(domain, *values) for domain, values in sorted(states.items())])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import List, Tuple
+from contextlib import contextmanager
+from typing import Iterator, List, Tuple
 
 
 class LedgerError(Exception):
@@ -141,8 +142,7 @@ def migrate(conn: sqlite3.Connection) -> int:
         raise LedgerError(f"ledger schema version {version} is newer than this backupmx "
                           f"understands ({SCHEMA_VERSION}); upgrade backupmx")
     for target in range(version + 1, SCHEMA_VERSION + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             # Another process may have migrated while we waited for the write lock.
             if conn.execute("PRAGMA user_version").fetchone()[0] >= target:
                 conn.execute("ROLLBACK")
@@ -150,11 +150,27 @@ def migrate(conn: sqlite3.Connection) -> int:
             for statement in _statements(MIGRATIONS[target - 1]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {target}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     return version
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on an autocommit connection (``isolation_level=None``).
+
+    ``BEGIN IMMEDIATE`` takes SQLite's write lock at once, so a transaction that reads and then
+    writes never fails with SQLITE_BUSY halfway (the milter, the command and the fleet push
+    write the same file). COMMIT when the block ends, ROLLBACK when it raises (the exception
+    goes on). A block may end the transaction itself with ROLLBACK (nothing is committed then).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _statements(script: str) -> List[str]:

@@ -331,3 +331,21 @@ def test_ledger_sync_setting_reaches_sqlite(tmp_path: Path, sync: str, level: in
         assert ledger._connection().execute("PRAGMA synchronous").fetchone()[0] == level
     finally:
         ledger.close()
+
+
+def test_immediate_commits_rolls_back_on_errors_and_lets_a_block_roll_back(
+        tmp_path: Path) -> None:
+    from backupmx.milter.ledger_schema import immediate
+    conn = sqlite3.connect(str(tmp_path / "t.sqlite3"), isolation_level=None)
+    conn.execute("CREATE TABLE t (n INTEGER)")
+    with immediate(conn):
+        conn.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(sqlite3.OperationalError):
+        with immediate(conn):
+            conn.execute("INSERT INTO t VALUES (2)")
+            conn.execute("INSERT INTO missing VALUES (2)")
+    with immediate(conn):
+        conn.execute("INSERT INTO t VALUES (3)")
+        conn.execute("ROLLBACK")  # the block decided not to write after all
+    assert not conn.in_transaction
+    assert conn.execute("SELECT n FROM t").fetchall() == [(1,)]

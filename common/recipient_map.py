@@ -143,8 +143,19 @@ def split_key(text: str) -> Tuple[str, str]:
     if '"' not in text and "\\" not in text:  # nearly every line: no character loop
         parts = text.split(None, 1)
         return parts[0], parts[1].strip() if len(parts) > 1 else ""
-    quoted = False
-    escaped = False
+    blanks, unbalanced = _outside_quotes(text, str.isspace)
+    if blanks:
+        return text[:blanks[0]], text[blanks[0]:].strip()
+    if unbalanced:
+        raise MapError(f"unbalanced '\"' in {text[:80]!r}")
+    return text, ""
+
+
+def _outside_quotes(text: str, wanted: Callable[[str], bool]) -> Tuple[List[int], bool]:
+    """Positions of the characters ``wanted`` accepts outside double quotes and not escaped by
+    ``\\`` (postmap(1)'s reading of a key), and whether a quote is left open at the end."""
+    found: List[int] = []
+    quoted = escaped = False
     for position, char in enumerate(text):
         if escaped:
             escaped = False
@@ -152,11 +163,9 @@ def split_key(text: str) -> Tuple[str, str]:
             escaped = True
         elif char == '"':
             quoted = not quoted
-        elif char.isspace() and not quoted:
-            return text[:position], text[position:].strip()
-    if quoted:
-        raise MapError(f"unbalanced '\"' in {text[:80]!r}")
-    return text, ""
+        elif not quoted and wanted(char):
+            found.append(position)
+    return found, quoted
 
 
 def split_address_key(key: str) -> Tuple[str, str, bool]:
@@ -168,23 +177,10 @@ def split_address_key(key: str) -> Tuple[str, str, bool]:
     if '"' not in key and "\\" not in key:
         local, at, domain = key.rpartition("@")
         return (local, domain, "@" in local) if at else (key, "", False)
-    quoted = False
-    escaped = False
-    last_at = -1
-    bare_ats = 0
-    for position, char in enumerate(key):
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == "@" and not quoted:
-            last_at = position
-            bare_ats += 1
-    if last_at < 0:
+    ats, _ = _outside_quotes(key, lambda char: char == "@")
+    if not ats:
         return key, "", False
-    return key[:last_at], key[last_at + 1:], bare_ats > 1
+    return key[:ats[-1]], key[ats[-1] + 1:], len(ats) > 1
 
 
 def _strip_extension(local: str, delimiters: str) -> Optional[str]:

@@ -23,6 +23,7 @@ from backupmx.sources.errors import (
     SourceUnreachable,
 )
 from backupmx.sources.passwords import read_password_file
+from backupmx.sources.rows import first_column
 
 BATCH = 10_000
 _AUTH_CODES = {1044, 1045, 1698, 1251}  # access denied (db, user, plugin), auth method
@@ -73,13 +74,7 @@ def fetch(settings: MysqlSettings, timeout: float) -> List[str]:
             rows = cursor.fetchmany(BATCH)
             if not rows:
                 return addresses
-            for row in rows:
-                value = row[0]
-                if value is None:
-                    continue
-                if isinstance(value, bytes):
-                    value = value.decode("utf-8", "replace")
-                addresses.append(value if isinstance(value, str) else str(value))
+            addresses.extend(first_column(rows))
     except (pymysql.MySQLError, OSError) as error:
         if watchdog.fired.is_set():
             raise deadline.expired(step) from None

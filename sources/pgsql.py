@@ -27,6 +27,7 @@ from backupmx.sources.errors import (
     SourceUnreachable,
 )
 from backupmx.sources.passwords import read_password_file
+from backupmx.sources.rows import first_column
 
 BATCH = 10_000
 _AUTH_FAILURES = re.compile(
@@ -96,10 +97,7 @@ async def _fetch(psycopg: Any, params: Dict[str, Any], query: str,
             rows = await cursor.fetchmany(BATCH)
             if not rows:
                 return addresses
-            for row in rows:
-                value = row[0]
-                if value is not None:
-                    addresses.append(value if isinstance(value, str) else str(value))
+            addresses.extend(first_column(rows))
     finally:
         await connection.close()  # no rollback round trip: closing ends the transaction
 

@@ -13,6 +13,7 @@ from typing import List
 from backupmx.common.source_settings import SqliteSettings
 from backupmx.sources.deadline import Deadline
 from backupmx.sources.errors import SourceQueryError, SourceTimeout, SourceUnreachable
+from backupmx.sources.rows import first_column
 
 PROGRESS_STEPS = 10_000  # SQLite virtual machine steps between deadline checks
 
@@ -32,15 +33,7 @@ def fetch(settings: SqliteSettings, timeout: float) -> List[str]:
         raise SourceUnreachable(f"{where}: {error}") from None
     try:
         connection.set_progress_handler(lambda: int(time.monotonic() > end), PROGRESS_STEPS)
-        addresses: List[str] = []
-        for row in connection.execute(settings.query):
-            value = row[0]
-            if value is None:
-                continue
-            if isinstance(value, bytes):
-                value = value.decode("utf-8", "replace")
-            addresses.append(value if isinstance(value, str) else str(value))
-        return addresses
+        return list(first_column(connection.execute(settings.query)))
     except sqlite3.OperationalError as error:
         message = str(error)
         if message == "interrupted":

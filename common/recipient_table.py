@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from typing import Iterable, List, Mapping
 
 from backupmx.common.postfix import Postfix
 from backupmx.common.recipient_map import RecipientMap
+from backupmx.common.snapshots import write_temporary
 
 
 def table_lines(recipients: RecipientMap, domains: Iterable[str],
@@ -62,14 +62,8 @@ def write_table(path: str, lines: List[str], postfix: Postfix) -> bool:
                 return False
     except FileNotFoundError:
         pass
-    folder = os.path.dirname(path) or "."
-    handle, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".", dir=folder)
+    temporary = write_temporary(path, data, 0o644)
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
         postfix.run("postmap", f"hash:{temporary}")
         os.replace(temporary + ".db", path + ".db")
         os.replace(temporary, path)

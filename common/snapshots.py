@@ -89,18 +89,32 @@ class SourceState:
             raise ValueError(f"not a recipient source state file: {error}") from None
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temporary file, fsync, rename, fsync of the folder.
-    Raises OSError."""
+def write_temporary(path: str, data: bytes, mode: int, suffix: str = "") -> str:
+    """A new file beside ``path`` (same folder, so a rename over ``path`` is atomic) holding
+    ``data``, flushed to disk (fsync), with ``mode``; its name. Raises OSError, leaving
+    nothing behind."""
     folder = os.path.dirname(path) or "."
-    handle, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+    handle, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=suffix,
                                          dir=folder)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, 0o640)
+        os.chmod(temporary, mode)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return temporary
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data``: temporary file, fsync, rename, fsync of the folder.
+    Raises OSError."""
+    folder = os.path.dirname(path) or "."
+    temporary = write_temporary(path, data, 0o640, ".tmp")
+    try:
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

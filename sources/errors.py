@@ -6,6 +6,9 @@ caller keeps the last good snapshot on any ``SourceError``; the subclasses tell 
 """
 from __future__ import annotations
 
+import importlib
+from typing import Any, Sequence
+
 
 class SourceError(Exception):
     """A sync failed; the message is one line for the log. Base of every source error."""
@@ -60,3 +63,13 @@ class DriverMissing(SourceError):
         self.source_type = source_type
         self.module = module
         self.package = package
+
+
+def import_driver(source_type: str, modules: Sequence[str], module: str, package: str) -> Any:
+    """Import ``modules`` and return the first (a source type's driver library). Raises
+    DriverMissing(source_type, module, package) when one of them is not installed."""
+    try:
+        loaded = [importlib.import_module(name) for name in modules]
+    except ImportError:
+        raise DriverMissing(source_type, module, package) from None
+    return loaded[0]

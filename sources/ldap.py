@@ -13,24 +13,20 @@ from typing import Any, List
 from backupmx.common.source_settings import LdapSettings
 from backupmx.sources.deadline import Deadline
 from backupmx.sources.errors import (
-    DriverMissing,
     SourceAuthError,
     SourceError,
     SourceQueryError,
     SourceTimeout,
     SourceUnreachable,
+    import_driver,
 )
 from backupmx.sources.passwords import read_password_file
 
 
 def driver() -> Any:
     """The python-ldap module; DriverMissing naming python3-ldap when it is not installed."""
-    try:
-        import ldap
-        import ldap.controls  # noqa: F401 (SimplePagedResultsControl)
-    except ImportError:
-        raise DriverMissing("ldap", "ldap (python-ldap)", "python3-ldap") from None
-    return ldap
+    # ldap.controls: SimplePagedResultsControl
+    return import_driver("ldap", ("ldap", "ldap.controls"), "ldap (python-ldap)", "python3-ldap")
 
 
 def fetch(settings: LdapSettings, timeout: float) -> List[str]:

@@ -15,12 +15,12 @@ from typing import Any, List, Optional
 from backupmx.common.source_settings import MysqlSettings
 from backupmx.sources.deadline import Deadline
 from backupmx.sources.errors import (
-    DriverMissing,
     SourceAuthError,
     SourceError,
     SourceQueryError,
     SourceTimeout,
     SourceUnreachable,
+    import_driver,
 )
 from backupmx.sources.passwords import read_password_file
 from backupmx.sources.rows import first_column
@@ -32,12 +32,9 @@ _CLIENT_CODES_START = 2000  # CR_* client errors: no connection, lost connection
 
 def driver() -> Any:
     """The pymysql module; DriverMissing naming python3-pymysql when it is not installed."""
-    try:
-        import pymysql
-        import pymysql.cursors  # noqa: F401 (SSCursor)
-    except ImportError:
-        raise DriverMissing("mysql", "pymysql (PyMySQL)", "python3-pymysql") from None
-    return pymysql
+    # pymysql.cursors: SSCursor
+    return import_driver("mysql", ("pymysql", "pymysql.cursors"), "pymysql (PyMySQL)",
+                         "python3-pymysql")
 
 
 def fetch(settings: MysqlSettings, timeout: float) -> List[str]:

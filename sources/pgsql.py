@@ -19,12 +19,12 @@ from typing import Any, Dict, List
 from backupmx.common.source_settings import PgsqlSettings
 from backupmx.sources.deadline import Deadline
 from backupmx.sources.errors import (
-    DriverMissing,
     SourceAuthError,
     SourceError,
     SourceQueryError,
     SourceTimeout,
     SourceUnreachable,
+    import_driver,
 )
 from backupmx.sources.passwords import read_password_file
 from backupmx.sources.rows import first_column
@@ -37,11 +37,7 @@ _AUTH_FAILURES = re.compile(
 
 def driver() -> Any:
     """The psycopg (3) module; DriverMissing naming python3-psycopg when it is not installed."""
-    try:
-        import psycopg
-    except ImportError:
-        raise DriverMissing("pgsql", "psycopg (psycopg 3)", "python3-psycopg") from None
-    return psycopg
+    return import_driver("pgsql", ("psycopg",), "psycopg (psycopg 3)", "python3-psycopg")
 
 
 class _Progress:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -95,33 +95,32 @@ def _callout_state(engine: Any) -> Optional[Dict[str, Any]]:
     }
 
 
+def _family(kind: Any, name: str, documentation: str, labels: List[str],
+            samples: Mapping[Any, float]) -> Any:
+    """A metric family of ``kind`` (CounterMetricFamily, GaugeMetricFamily) with one sample
+    per key of ``samples`` (a label value, or a tuple of them), in key order."""
+    family = kind(name, documentation, labels=labels)
+    for key, value in sorted(samples.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], float(value))
+    return family
+
+
 def _callout_families(data: Dict[str, Any]) -> Iterator[Any]:
-    results = CounterMetricFamily("backupmx_callouts", "Recipient callouts by relay domain "
-                                  "and result (valid, invalid, temporary, accept_all_check)",
-                                  labels=["domain", "result"])
-    for (domain, result), value in sorted(data["results"].items()):
-        results.add_metric([domain, result], value)
-    skipped = CounterMetricFamily("backupmx_callouts_skipped", "Recipients not verified with "
-                                  "a callout, by relay domain and reason (domain_rate, "
-                                  "client_rate, pending, retry_later, accept_all, queue_full)",
-                                  labels=["domain", "reason"])
-    for (domain, reason), value in sorted(data["skipped"].items()):
-        skipped.add_metric([domain, reason], value)
-    sessions = CounterMetricFamily("backupmx_callout_sessions", "Callout sessions opened to "
-                                   "the primary MX", labels=["domain"])
-    for domain, value in sorted(data["sessions"].items()):
-        sessions.add_metric([domain], value)
-    cache = GaugeMetricFamily("backupmx_callout_cache_entries", "Cached callout results by "
-                              "relay domain and status (valid, invalid)",
-                              labels=["domain", "status"])
-    for (domain, status), value in sorted(data["cache"].items()):
-        cache.add_metric([domain, status], value)
-    accept_all = GaugeMetricFamily("backupmx_callout_accept_all", "1 while callouts for the "
-                                   "domain are off because its primary accepted a random "
-                                   "address, else 0", labels=["domain"])
-    for domain, value in sorted(data["accept_all"].items()):
-        accept_all.add_metric([domain], 1.0 if value else 0.0)
-    yield from (results, skipped, sessions, cache, accept_all)
+    yield _family(CounterMetricFamily, "backupmx_callouts", "Recipient callouts by relay "
+                  "domain and result (valid, invalid, temporary, accept_all_check)",
+                  ["domain", "result"], data["results"])
+    yield _family(CounterMetricFamily, "backupmx_callouts_skipped", "Recipients not verified "
+                  "with a callout, by relay domain and reason (domain_rate, client_rate, "
+                  "pending, retry_later, accept_all, queue_full)", ["domain", "reason"],
+                  data["skipped"])
+    yield _family(CounterMetricFamily, "backupmx_callout_sessions", "Callout sessions opened "
+                  "to the primary MX", ["domain"], data["sessions"])
+    yield _family(GaugeMetricFamily, "backupmx_callout_cache_entries", "Cached callout results "
+                  "by relay domain and status (valid, invalid)", ["domain", "status"],
+                  data["cache"])
+    yield _family(GaugeMetricFamily, "backupmx_callout_accept_all", "1 while callouts for the "
+                  "domain are off because its primary accepted a random address, else 0",
+                  ["domain"], {d: 1.0 if on else 0.0 for d, on in data["accept_all"].items()})
 
 
 class PolicydCollector:
@@ -137,12 +136,9 @@ class PolicydCollector:
     def collect(self) -> Iterator[Any]:
         now = self.service.reactor.seconds()
         data = self.call_in_reactor(_state_of, self.service, self.factory, self.counts, now)
-        decisions = CounterMetricFamily("backupmx_policy_decisions",
-                                        "Policy decisions by relay domain and outcome",
-                                        labels=["domain", "outcome"])
-        for (domain, outcome), value in sorted(data["decisions"].items()):
-            decisions.add_metric([domain, outcome], value)
-        yield decisions
+        yield _family(CounterMetricFamily, "backupmx_policy_decisions",
+                      "Policy decisions by relay domain and outcome", ["domain", "outcome"],
+                      data["decisions"])
         counts, total = data["latency"]
         cumulative, buckets = 0, []
         for bound, count in zip(self.counts.buckets, counts):

@@ -21,8 +21,9 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Collection, Iterator, List, Optional
 
 from backupmx.common.callout_rules import INVALID, VALID
 from backupmx.common.config import PrimarySpec
@@ -109,11 +110,12 @@ class LogUnavailable(Exception):
 
 
 class DeliveryLog:
-    """The lines Postfix logs from the moment ``open`` is called (the start of a flush).
+    """The delivery lines Postfix logged since a moment (the start of a flush).
 
     ``maillog_file``: Postfix's parameter (empty: Postfix logs to syslog, read from the journal
-    by ``journalctl``). ``lines()`` returns the lines logged since; it raises LogUnavailable
-    when the file or the journal cannot be read.
+    by ``journalctl``); ``since``: Unix seconds. ``deliveries`` reads the log as a stream,
+    keeping only the lines of the messages asked about, so a day of a busy log costs no more
+    memory than those lines.
     """
 
     def __init__(self, maillog_file: str, since: float) -> None:
@@ -123,16 +125,19 @@ class DeliveryLog:
         self._inode: Optional[int] = None
 
     @classmethod
-    def open(cls, maillog_file: str, now: float) -> "DeliveryLog":
-        """Remember where the log ends now. Raises LogUnavailable (no file, no journal)."""
-        log = cls(maillog_file, now)
+    def open(cls, maillog_file: str, since: float, at_end: bool = True) -> "DeliveryLog":
+        """The log from ``since`` on; with ``at_end`` (a flush starting now) a ``maillog_file``
+        is read from where it ends now, else whole. Raises LogUnavailable (no file, no
+        journal, a journal this user may not read)."""
+        log = cls(maillog_file, since)
         if log.uses_file:
             try:
                 status = os.stat(maillog_file)
             except OSError as error:
                 raise LogUnavailable(f"Postfix's maillog_file {maillog_file}: "
                                      f"{error.strerror}") from None
-            log._offset, log._inode = status.st_size, status.st_ino
+            if at_end:
+                log._offset, log._inode = status.st_size, status.st_ino
         elif shutil.which("journalctl") is None or not os.path.isdir("/run/systemd/journal"):
             raise LogUnavailable("Postfix logs to syslog and there is no systemd journal to read "
                                  "it from: set Postfix's maillog_file")
@@ -146,8 +151,19 @@ class DeliveryLog:
     def uses_file(self) -> bool:
         return bool(self.maillog_file) and not self.maillog_file.startswith("/dev/")
 
-    def lines(self) -> List[str]:
-        return list(self._file_lines() if self.uses_file else self._journal_lines())
+    def deliveries(self, queue_ids: Collection[str]) -> List[Delivery]:
+        """The Delivery lines of the messages ``queue_ids``, in log order. Raises
+        LogUnavailable when the file or the journal cannot be read."""
+        wanted = set(queue_ids)
+        found = []
+        lines = self._file_lines() if self.uses_file else self._journal_lines()
+        for line in lines:
+            if " to=<" not in line:  # most lines: no regular expression
+                continue
+            delivery = parse_delivery(line)
+            if delivery is not None and delivery.queue_id in wanted:
+                found.append(delivery)
+        return found
 
     def _file_lines(self) -> Iterator[str]:
         try:
@@ -157,11 +173,11 @@ class DeliveryLog:
                 offset = (self._offset if status.st_ino == self._inode
                           and status.st_size >= self._offset else 0)
                 log.seek(offset)
-                data = log.read()
+                for raw in log:
+                    yield raw.decode("utf-8", "replace")
         except OSError as error:
             raise LogUnavailable(f"Postfix's maillog_file {self.maillog_file}: "
                                  f"{error.strerror}") from None
-        yield from data.decode("utf-8", "replace").splitlines()
 
     def _journal_lines(self) -> Iterator[str]:
         # the mail facility (2) holds every Postfix program whatever its syslog_name; a
@@ -169,11 +185,25 @@ class DeliveryLog:
         command = ["journalctl", "--quiet", "--no-pager", "--output=cat", "SYSLOG_FACILITY=2",
                    f"--since=@{int(self.since) - 1}"]
         try:
-            result = subprocess.run(command, capture_output=True, text=True, errors="replace",
-                                    timeout=JOURNAL_TIMEOUT, check=False)
-        except (OSError, subprocess.TimeoutExpired) as error:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, errors="replace")
+        except OSError as error:
             raise LogUnavailable(f"journalctl: {error}") from None
-        if result.returncode != 0:
-            detail = result.stderr.strip().splitlines()
-            raise LogUnavailable(f"journalctl: {detail[-1] if detail else result.returncode}")
-        yield from result.stdout.splitlines()
+        watchdog = threading.Timer(JOURNAL_TIMEOUT, process.kill)
+        watchdog.start()
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            yield from process.stdout
+            error_text = process.stderr.read()
+            status = process.wait()
+        finally:
+            watchdog.cancel()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            process.stdout.close()  # type: ignore[union-attr]
+            process.stderr.close()  # type: ignore[union-attr]
+        if status != 0:
+            detail = error_text.strip().splitlines()
+            why = "timed out" if status < 0 else (detail[-1] if detail else f"exit {status}")
+            raise LogUnavailable(f"journalctl: {why}")

@@ -29,7 +29,6 @@ from backupmx.admin.delivery_log import (
     DeliveryLog,
     LogUnavailable,
     outcome,
-    parse_delivery,
 )
 from backupmx.common.addresses import split_address
 from backupmx.common.callout_cache import CalloutStore, store_path
@@ -142,7 +141,8 @@ def learn_pending(ctx: CommandContext) -> None:
         ledger = ctx.ledger()
         pending = ledger.unlearned_flushes(domains, ctx.clock() - PENDING_WITHIN)
         for flush_id, domain, started_at in pending:
-            learning = _learning(ctx, domain, partial(DeliveryLog, since=started_at))
+            learning = _learning(ctx, domain,
+                                 partial(DeliveryLog.open, since=started_at, at_end=False))
             if learning is None:
                 continue
             learned = learn(ctx, learning, ledger.flushed_queue_ids(flush_id), 0.0)
@@ -164,7 +164,7 @@ def learn(ctx: CommandContext, learning: Learning, queue_ids: Collection[str],
     Raises LogUnavailable."""
     deadline = ctx.clock() + wait
     while True:
-        deliveries = [d for d in map(parse_delivery, learning.log.lines()) if d is not None]
+        deliveries = learning.log.deliveries(queue_ids)
         logged = {d.queue_id for d in deliveries if d.status in FINAL}
         if set(queue_ids) <= logged or ctx.clock() >= deadline:
             break

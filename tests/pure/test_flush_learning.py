@@ -121,19 +121,33 @@ def test_the_last_line_of_a_recipient_wins() -> None:
     assert [(e.address, e.status) for e in found] == [("bob@example.test", VALID)]
 
 
-def test_maillog_file_lines_since_the_start(tmp_path: Path) -> None:
+def test_maillog_file_deliveries_since_the_start(tmp_path: Path) -> None:
     maillog = tmp_path / "maillog"
     maillog.write_text(DEFERRED + "\n")
     log = DeliveryLog.open(str(maillog), 0.0)
+    other = SENT.replace("E6A82220091", "F00000000A1")
     with maillog.open("a") as out:
-        out.write(SENT + "\n")
-    assert log.lines() == [SENT]
+        out.write(f"{SENT}\n{REJECT}\n{other}\n")
+    assert log.deliveries(IDS) == deliveries(SENT)  # the lines of the messages asked about
     # rotated: the new file holds what came after
     os.rename(maillog, tmp_path / "maillog.1")
     maillog.write_text(REFUSED + "\n")
-    assert log.lines() == [REFUSED]
+    assert log.deliveries(IDS) == deliveries(REFUSED)
+    # read whole (a flush learned from later)
+    assert DeliveryLog.open(str(tmp_path / "maillog.1"), 0.0, at_end=False).deliveries(
+        IDS) == deliveries(DEFERRED, SENT)
     with pytest.raises(LogUnavailable, match="maillog_file"):
         DeliveryLog.open(str(tmp_path / "missing"), 0.0)
+
+
+def test_the_journal_needs_a_user_who_may_read_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("backupmx.admin.delivery_log.may_read_journal", lambda: False)
+    monkeypatch.setattr("backupmx.admin.delivery_log.shutil.which", lambda _: "/bin/journalctl")
+    monkeypatch.setattr("backupmx.admin.delivery_log.os.path.isdir", lambda _: True)
+    with pytest.raises(LogUnavailable, match="group systemd-journal"):
+        DeliveryLog.open("", 0.0)
+    with pytest.raises(LogUnavailable, match="group systemd-journal"):
+        DeliveryLog.open("", 0.0, at_end=False)
 
 
 class Engine:

@@ -64,6 +64,7 @@ def run(config: Config) -> int:
     from twisted.logger import Logger
 
     from backupmx.common import daemon
+    from backupmx.policyd.callout_start import local_names
     from backupmx.policyd.flush_on_return import FlushOnReturn
     from backupmx.policyd.logs import start_logging
     from backupmx.policyd.primary_monitor import PrimaryMonitor
@@ -78,7 +79,7 @@ def run(config: Config) -> int:
                                settings.probe_timeout, up_after=settings.primary_up_after,
                                down_after=settings.primary_down_after,
                                interval_down=settings.probe_interval_down,
-                               local_names=_local_names(config))
+                               local_names=local_names(config))
     service = PolicyService(reactor, config, maps, primaries)
     from backupmx.policyd.recipient_sync import SyncScheduler
     service.scheduler = SyncScheduler(reactor, config, service.check_maps)
@@ -110,8 +111,8 @@ def run(config: Config) -> int:
     reactor.callWhenRunning(service.start)
     reactor.callWhenRunning(daemon.notify, f"READY=1\nSTATUS={_serving(service)}")
     reactor.addSystemEventTrigger("before", "shutdown", service.stop)
-    if service.callouts is not None:
-        reactor.addSystemEventTrigger("after", "shutdown", service.callouts.writer.close)
+    # the callout engine may also come with a reload: closed whichever it is
+    reactor.addSystemEventTrigger("after", "shutdown", service.close_callouts)
     reactor.addSystemEventTrigger("before", "shutdown", daemon.notify, "STOPPING=1")
     reactor.run()
     return EXIT_OK
@@ -125,34 +126,8 @@ def _callouts(reactor: Any, config: Config, primaries: Any, log: Any) -> Any:
     setup = callout_setup(config)
     if not setup:
         return None
-    import sqlite3
-
-    from backupmx.common.callout_cache import CalloutCache, CalloutStore, CalloutWriter, store_path
-    from backupmx.policyd.callout_protocol import tls_context
-    from backupmx.policyd.callouts import CalloutEngine, lifetimes_of
-    store = CalloutStore(store_path(config.policyd.state_directory))
-    cache = CalloutCache(lifetimes_of(setup), reactor.seconds)
-    try:
-        loaded = cache.load(store.entries())
-        checks = store.checks()
-    except (sqlite3.Error, OSError) as error:
-        raise ConfigError(f"callout cache {store.path}: {error}") from None
-    writer = CalloutWriter(store, lambda line: reactor.callFromThread(
-        log.error, "{line}", line=line))
-    tls = tls_context()
-    helo = _local_names(config)
-    log.info("recipient callouts for {domains}: {count} cached results{tls}",
-             domains=", ".join(sorted(setup)), count=loaded,
-             tls="" if tls is not None else " (no STARTTLS: pyOpenSSL is missing)")
-    for domain, check in sorted(checks.items()):
-        if check.accept_all and domain in setup:
-            log.warn("callouts for {domain} are off: its primary accepted a random address "
-                     "(it accepts every recipient)", domain=domain)
-    engine = CalloutEngine(reactor, setup, cache, writer, checks, primaries,
-                           helo[0] if helo else "localhost", tls=tls)
-    from backupmx.policyd.callout_follow import StoreFollower
-    engine.follower = StoreFollower(reactor, store, engine, reactor.seconds())
-    return engine
+    from backupmx.policyd import callout_start
+    return callout_start.build(reactor, setup, callout_start.load(config), primaries, log)
 
 
 def _serving(service: Any) -> str:
@@ -180,17 +155,6 @@ def _reload_on_signal(service: Any, number: int) -> None:
         notify(f"READY=1\nSTATUS=reload #{number}: {outcome}")
 
     service.reload_and_report().addCallback(done)
-
-
-def _local_names(config: Config) -> "tuple[str, ...]":
-    """This host's own names (Postfix's myhostname): an MX among them is never the primary."""
-    from backupmx.common.addresses import normalize_domain
-    from backupmx.common.postfix import Postfix, PostfixError
-    try:
-        name = Postfix.from_setting(config.postfix.config_directory).parameter("myhostname")
-    except (PostfixError, KeyError):
-        return ()
-    return (normalize_domain(name),) if name else ()
 
 
 def _serve_metrics(reactor: Any, address: Optional[ListenAddress], service: Any,

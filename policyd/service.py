@@ -186,6 +186,8 @@ class PolicyService:
         self.held_back: Tuple[Shrink, ...] = ()
         #: recipient callouts (policyd.callouts.CalloutEngine), when a callout source exists
         self.callouts: Optional[Any] = None
+        #: a reload is starting the callouts (policyd.callout_start.configure)
+        self.starting_callouts = False
         # (succeeded, when) of the last reload attempt, for metrics; start counts as one.
         self.last_reload: Tuple[bool, float] = (True, reactor.seconds())
         self._install(config, maps)
@@ -364,13 +366,13 @@ class PolicyService:
                       path=config.path, domains=len(config.domains), count=len(maps.recipients))
 
     def _configure_callouts(self, config: Config) -> None:
-        from backupmx.policyd.callouts import callout_setup
-        setup = callout_setup(config)
+        from backupmx.policyd.callout_start import configure
+        configure(self, config)
+
+    def close_callouts(self) -> None:
+        """At shutdown: write what the callout engine still has queued and close its file."""
         if self.callouts is not None:
-            self.callouts.configure(setup)
-        elif setup:
-            self.log.warn("reload: callout sources for {domains} take effect after a restart "
-                          "of policyd", domains=", ".join(sorted(setup)))
+            self.callouts.writer.close()
 
     def _reload_failed(self, failure: Any) -> None:
         failure.trap(ConfigError, MapError)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import socket
 import sqlite3
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -80,3 +81,21 @@ def test_domain_added_by_editing_the_file_is_judged_and_recorded(lab: BackupMxLa
     # ... and the log names the one that needs a restart
     log = lab.policyd.log()
     assert "reload: [policyd] metrics changed; restart policyd to use the new value" in log
+
+
+def test_a_callout_source_added_by_a_reload_starts_callouts(lab: BackupMxLab,
+                                                            tmp_path: Path) -> None:
+    """No restart needed: the reload that adds the first ``callout`` source starts callouts
+    (its cache file read in a thread), so an unknown recipient is no longer refused on the
+    list alone but deferred until the primary has been asked (primary down: 450 4.1.1)."""
+    code, text = lab.rcpt(f"never@{OLD}")
+    assert (code, text[:5]) == (550, "5.1.1"), text  # the list alone decides
+    lab.extra_config = f"[recipients verify]\ntype = callout\ndomains = {OLD}\n"
+    lab.write_config({"state_directory": str(tmp_path / "state")})
+    assert lab.policyd is not None
+    lab.policyd.signal(signal.SIGHUP)
+    code, text = eventually(lambda: lab.rcpt(f"never@{OLD}"), lambda reply: reply[0] == 450)
+    assert (code, text[:5]) == (450, "4.1.1"), text
+    assert lab.rcpt(f"alice@{OLD}")[0] == 250  # listed: accepted as before
+    assert f"recipient callouts for {OLD}" in lab.policyd.log()
+    assert (tmp_path / "state" / "callouts.sqlite3").exists()

@@ -141,3 +141,26 @@ def test_queue_waits_for_the_first_accept_all_check(tmp_path: Path) -> None:
     assert len(attempts) == 1  # the session with the random address and first@
     clock.advance(20)  # it times out: the check is still unknown, the queue goes on
     assert len(attempts) == 2
+
+
+def test_a_reload_adding_the_first_callout_source_starts_callouts(tmp_path: Path) -> None:
+    setup = Setup(tmp_path)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    setup.write_config(extra=f"state_directory = {blocked}\n")
+    service, _, _ = make_service(setup)
+    assert service.callouts is None
+    # the cache file cannot be made: one error line, policyd goes on without callouts
+    setup.write_config(extra=f"state_directory = {blocked}\n", domains=CALLOUT)
+    service.reload()
+    assert service.callouts is None and not service.starting_callouts
+    # fixed: the next reload starts them
+    setup.write_config(extra=f"state_directory = {tmp_path / 'state'}\n", domains=CALLOUT)
+    service.reload()
+    assert service.callouts is not None and "example.test" in service.callouts.setup
+    assert (tmp_path / "state" / "callouts.sqlite3").exists()
+    engine = service.callouts
+    service.reload()  # a later reload keeps the running engine
+    assert service.callouts is engine
+    service.stop()
+    service.close_callouts()

@@ -1,0 +1,113 @@
+"""Starting recipient callouts: at policyd's start, or at the reload that adds the first
+``callout`` source.
+
+``load`` is the blocking half (it reads the callout cache file, ``callouts.sqlite3`` in
+``[policyd] state_directory``, and asks Postfix for ``myhostname``, the name sent in EHLO): at
+start it runs before policyd listens, at a reload in a thread, so the reactor never waits for
+the disk. ``build`` is the reactor half: the engine (policyd.callouts.CalloutEngine) with its
+cache filled, its writer thread, and the follower that takes what ``backupmx flush`` learned.
+"""
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Tuple
+
+from backupmx.common.addresses import normalize_domain
+from backupmx.common.callout_cache import (
+    CalloutCache,
+    CalloutStore,
+    CalloutWriter,
+    DomainCheck,
+    store_path,
+)
+from backupmx.common.callout_rules import Entry
+from backupmx.common.config import Config, ConfigError
+from backupmx.common.postfix import Postfix, PostfixError
+from backupmx.policyd.callouts import CalloutDomain, CalloutEngine, lifetimes_of
+
+
+def local_names(config: Config) -> Tuple[str, ...]:
+    """This host's own names (Postfix's ``myhostname``): an MX among them is never the primary,
+    and the first is the EHLO name of callouts. Blocks (runs postconf); () when unknown."""
+    try:
+        name = Postfix.from_setting(config.postfix.config_directory).parameter("myhostname")
+    except (PostfixError, KeyError):
+        return ()
+    return (normalize_domain(name),) if name else ()
+
+
+@dataclass
+class Loaded:
+    """What ``load`` read: the store (kept open for the writer), its entries and accept-all
+    checks, and this host's names."""
+
+    store: CalloutStore
+    entries: List[Entry]
+    checks: Dict[str, DomainCheck]
+    names: Tuple[str, ...]
+
+
+def load(config: Config) -> Loaded:
+    """The blocking half (module docstring). Raises ConfigError when the cache file cannot be
+    opened or read."""
+    store = CalloutStore(store_path(config.policyd.state_directory))
+    try:
+        entries, checks = store.entries(), store.checks()
+    except (sqlite3.Error, OSError) as error:
+        store.close()
+        raise ConfigError(f"callout cache {store.path}: {error}") from None
+    return Loaded(store, entries, checks, local_names(config))
+
+
+def build(reactor: Any, setup: Mapping[str, CalloutDomain], loaded: Loaded, primaries: Any,
+          log: Any) -> CalloutEngine:
+    """The reactor half (module docstring): the engine, not started yet."""
+    from backupmx.policyd.callout_follow import StoreFollower
+    from backupmx.policyd.callout_protocol import tls_context
+    cache = CalloutCache(lifetimes_of(setup), reactor.seconds)
+    count = cache.load(loaded.entries)
+    writer = CalloutWriter(loaded.store, lambda line: reactor.callFromThread(
+        log.error, "{line}", line=line))
+    tls = tls_context()
+    log.info("recipient callouts for {domains}: {count} cached results{tls}",
+             domains=", ".join(sorted(setup)), count=count,
+             tls="" if tls is not None else " (no STARTTLS: pyOpenSSL is missing)")
+    for domain, check in sorted(loaded.checks.items()):
+        if check.accept_all and domain in setup:
+            log.warn("callouts for {domain} are off: its primary accepted a random address "
+                     "(it accepts every recipient)", domain=domain)
+    engine = CalloutEngine(reactor, setup, cache, writer, loaded.checks, primaries,
+                           loaded.names[0] if loaded.names else "localhost", tls=tls)
+    engine.follower = StoreFollower(reactor, loaded.store, engine, reactor.seconds())
+    return engine
+
+
+def configure(service: Any, config: Config) -> None:
+    """A reload's part (policyd.service.PolicyService): the running engine takes the new
+    settings; the first callout source starts one, its cache file read in a thread (until it
+    runs, the source's domains are judged as without a callout source)."""
+    from backupmx.policyd.callouts import callout_setup
+    setup = callout_setup(config)
+    if service.callouts is not None:
+        service.callouts.configure(setup)
+        return
+    if not setup or service.starting_callouts:
+        return
+    service.starting_callouts = True
+
+    def started(loaded: Loaded) -> None:
+        service.starting_callouts = False
+        now = callout_setup(service.config)  # another reload may have come meanwhile
+        if not now or service.callouts is not None:
+            loaded.store.close()
+            return
+        service.callouts = build(service.reactor, now, loaded, service.primaries, service.log)
+        service.callouts.start()
+
+    def failed(failure: Any) -> None:
+        service.starting_callouts = False
+        service.log.error("reload: recipient callouts not started: {why}",
+                          why=failure.getErrorMessage())
+
+    service.run_in_thread(load, config).addCallback(started).addErrback(failed)

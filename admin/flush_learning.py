@@ -65,10 +65,11 @@ class Learning:
     log: DeliveryLog
 
 
-def in_domain(address: str, domain: str) -> bool:
-    """Whether ``address`` is of ``domain`` or of one of its subdomains."""
-    found = split_address(address)[1]
-    return found == domain or found.endswith("." + domain)
+def cache_key(address: str) -> Tuple[str, str]:
+    """(the address as the callout cache keys it, its domain): lower-case, the domain
+    normalised, as the decision looks it up (common.decision)."""
+    local, domain = split_address(address)
+    return f"{local}@{domain}", domain
 
 
 def learned_entries(deliveries: Iterable[Delivery], domain: str, primary: PrimarySpec,
@@ -80,11 +81,11 @@ def learned_entries(deliveries: Iterable[Delivery], domain: str, primary: Primar
     for delivery in deliveries:
         if delivery.queue_id not in queue_ids or is_probe(delivery.recipient):
             continue
-        if not in_domain(delivery.recipient, domain):
+        address, recipient_domain = cache_key(delivery.recipient)
+        if recipient_domain != domain and not recipient_domain.endswith("." + domain):
             continue
         status = outcome(delivery, primary)
         if status is not None:
-            address = delivery.recipient.lower()
             found[address] = Entry(address, domain, status, now, delivery.reply[:200])
     return list(found.values())
 
@@ -120,15 +121,18 @@ def finish(ctx: CommandContext, learning: Learning,
     """After the flush: read the log (waiting up to LOG_WAIT seconds for the lines of every
     message that left), store what it proves and mark the flush learned. (valid, invalid)
     entries stored, or None when nothing could be stored (said in one line)."""
-    ledger = ctx.ledger()
     try:
+        ledger = ctx.ledger()
         learned = learn(ctx, learning, ledger.flushed_queue_ids(flush_id), LOG_WAIT)
+        if learned is not None:
+            ledger.mark_learned(flush_id, ctx.clock())
     except LogUnavailable as error:
         print(f"{learning.domain}: recipients are learned from this flush by the next "
               f"'backupmx flush --auto' ({error})", file=ctx.out)
         return None
-    if learned is not None:
-        ledger.mark_learned(flush_id, ctx.clock())
+    except (LedgerError, sqlite3.Error) as error:  # the flush is done and recorded: only say
+        ctx.warn(f"{learning.domain}: not learning recipients from this flush: {error}")
+        return None
     return learned
 
 

@@ -24,7 +24,7 @@ from backupmx.admin.delivery_log import (
     via_primary,
 )
 from backupmx.admin.flush import flush_command, flush_domain
-from backupmx.admin.flush_learning import in_domain, learned_entries
+from backupmx.admin.flush_learning import cache_key, learned_entries
 from backupmx.common.callout_cache import CalloutCache, CalloutStore, store_path
 from backupmx.common.callout_rules import INVALID, VALID, Entry, Lifetimes
 from backupmx.common.config import PrimarySpec, parse_config
@@ -111,8 +111,10 @@ def test_learned_entries_keep_the_held_messages_of_the_domain_only() -> None:
         ("bob@example.test", "example.test", INVALID),
         ("dan@sub.example.test", "example.test", VALID)}
     assert all(e.verified_at == 100.0 for e in found)
-    assert in_domain("x@example.test.", "example.test")
-    assert not in_domain("x@notexample.test", "example.test")
+    # keyed as the decision looks addresses up
+    assert cache_key("<X@Example.TEST.>") == ("x@example.test", "example.test")
+    notours = SENT.replace("alice@example.test", "x@notexample.test")
+    assert learned_entries(deliveries(notours), "example.test", PRIMARY, IDS, 1.0) == []
 
 
 def test_the_last_line_of_a_recipient_wins() -> None:

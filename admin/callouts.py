@@ -3,7 +3,7 @@
 
 - ``callout_rows``: one row per ``callout`` source for ``backupmx recipients status``;
 - ``check_callouts``: ``backupmx check`` lines (a warning per domain whose primary accepts every
-  address, so callouts for it are off);
+  address, so callouts for it are off); ``check_flush_learning``: where flushes learn from;
 - ``cached_verdict``: what ``backupmx query`` shows for an address.
 """
 from __future__ import annotations
@@ -74,6 +74,54 @@ def check_callouts(config: Config, checks: Mapping[str, DomainCheck],
                 results.append(Result("callouts", OK, f"[recipients {name}]: callouts for "
                                       f"{domain}" + ("" if check else " (not checked yet)")))
     return results
+
+
+#: the user backupmx-flush.service runs ``flush --auto`` as (its User=)
+FLUSH_USER = "backupmx"
+
+
+def check_flush_learning(postconf: Mapping[str, str],
+                         readable: Callable[[str], Optional[bool]]) -> Result:
+    """The ``check`` line saying where flushes learn recipients from (pure): Postfix's
+    ``maillog_file`` (a warning when ``readable(path)`` says the flushing user may not read it,
+    None: not known) or else the journal (backupmx-flush.service has the group systemd-journal).
+    """
+    maillog = postconf.get("maillog_file", "")
+    if not maillog or maillog.startswith("/dev/"):
+        return Result("callouts", OK, "flushes learn recipients from Postfix's log in the "
+                      "journal (backupmx-flush.service has the group systemd-journal)")
+    can = readable(maillog)
+    if can is False:
+        return Result("callouts", WARN, f"Postfix's maillog_file {maillog} is not readable by "
+                      f"user {FLUSH_USER} (mode bits; an ACL is not seen here): flushes learn no "
+                      "recipients from it", f"setfacl -m u:{FLUSH_USER}:r {maillog}, or let "
+                      "Postfix log to the journal (maillog_file empty)")
+    return Result("callouts", OK, f"flushes learn recipients from Postfix's maillog_file "
+                  f"{maillog}")
+
+
+def readable_by_flush_user(path: str) -> Optional[bool]:
+    """Whether FLUSH_USER (or, without that user, whoever runs this) may read ``path`` by its
+    mode bits; None when the file or the user cannot be looked at."""
+    import grp
+    import os
+    import pwd
+    try:
+        status = os.stat(path)
+        try:
+            user = pwd.getpwnam(FLUSH_USER)
+        except KeyError:
+            return os.access(path, os.R_OK)
+    except OSError:
+        return None
+    if user.pw_uid == 0:
+        return True
+    if status.st_uid == user.pw_uid:
+        return bool(status.st_mode & 0o400)
+    groups = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if FLUSH_USER in g.gr_mem}
+    if status.st_gid in groups:
+        return bool(status.st_mode & 0o040)
+    return bool(status.st_mode & 0o004)
 
 
 def cached_verdict(config: Config, domain: Optional[str], address: str,

@@ -11,7 +11,12 @@ import ipaddress
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from backupmx.admin.callouts import check_callouts, read_cache
+from backupmx.admin.callouts import (
+    check_callouts,
+    check_flush_learning,
+    read_cache,
+    readable_by_flush_user,
+)
 from backupmx.admin.setup_checks import (
     FAIL,
     OK,
@@ -155,9 +160,9 @@ def lookup_dns_blocking(nameserver: Optional[str], domains: Mapping[str, Primary
 def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[str],
                dns: Optional[Mapping[str, DomainDns]], hostname: str,
                lookup: Any = None, load: Any = None, states: Any = None,
-               now: Optional[float] = None) -> List[Result]:
-    """Every rule over already gathered facts (pure when ``load`` is a pure function and the
-    sources' ``states`` and ``now`` are given; else they are read now)."""
+               now: Optional[float] = None, readable: Any = None) -> List[Result]:
+    """Every rule over already gathered facts (pure when ``load`` and ``readable`` are pure
+    functions and the sources' ``states`` and ``now`` are given; else they are read now)."""
     import time
 
     from backupmx.admin.source_checks import check_recipient_table, check_sources
@@ -180,6 +185,7 @@ def run_checks(config: Config, postconf: Mapping[str, str], services: Sequence[s
     if any(source.type == "callout" for source in config.sources):
         _, checks, error = read_cache(config)  # policyd's callout cache, read-only
         results += check_callouts(config, checks, error)
+        results.append(check_flush_learning(postconf, readable or readable_by_flush_user))
     return results
 
 

@@ -8,7 +8,9 @@ from backupmx.admin.callouts import (
     cached_verdict,
     callout_rows,
     check_callouts,
+    check_flush_learning,
     read_cache,
+    readable_by_flush_user,
 )
 from backupmx.admin.setup_checks import OK, WARN
 from backupmx.common.callout_cache import CalloutStore, DomainCheck, store_path
@@ -68,3 +70,32 @@ def test_accept_all_primary_is_a_check_warning_and_turns_the_verdicts_off(tmp_pa
     assert "accepted a random address" in results[0].message
     assert StoredVerdicts(conf, lambda: NOW).verdict("example.test", "zz@example.test",
                                                      NOW) is None
+
+
+def test_check_says_where_flushes_learn_from(tmp_path: Path) -> None:
+    journal = check_flush_learning({"maillog_file": ""}, lambda path: None)
+    assert journal.status == OK and "journal" in journal.message
+    assert check_flush_learning({"maillog_file": "/dev/stdout"}, lambda path: None).status == OK
+    readable = check_flush_learning({"maillog_file": "/var/log/postfix.log"}, lambda path: True)
+    assert readable.status == OK and "/var/log/postfix.log" in readable.message
+    closed = check_flush_learning({"maillog_file": "/var/log/postfix.log"}, lambda path: False)
+    assert closed.status == WARN and "not readable by user backupmx" in closed.message
+    assert "setfacl -m u:backupmx:r /var/log/postfix.log" in closed.fix
+
+
+def test_readable_by_the_flush_user_follows_the_mode_bits(tmp_path: Path) -> None:
+    import os
+    import pwd
+    log = tmp_path / "maillog"
+    log.write_text("")
+    assert readable_by_flush_user(str(tmp_path / "missing")) is None
+    try:
+        user = pwd.getpwnam("backupmx")
+    except KeyError:  # no such user here: whoever runs the check
+        assert readable_by_flush_user(str(log)) is True
+        return
+    os.chown(log, 0, 0)
+    os.chmod(log, 0o600)  # postlogd's mode, root's
+    assert readable_by_flush_user(str(log)) is (user.pw_uid == 0)
+    os.chmod(log, 0o644)
+    assert readable_by_flush_user(str(log)) is True

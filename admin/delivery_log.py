@@ -17,26 +17,35 @@ itself with ``relay=none``, deliveries through another relay).
 from __future__ import annotations
 
 import grp
+import ipaddress
 import os
 import re
 import shutil
+import signal
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Collection, Iterator, List, Optional
+from typing import Collection, Iterator, List, Optional, Tuple
 
-from backupmx.common.callout_rules import INVALID, VALID
+from backupmx.common.callout_rules import INVALID, VALID, rcpt_verdict
 from backupmx.common.config import PrimarySpec
 
 #: the end of a 5xx reply to RCPT, as smtp(8) logs it ("in reply to RCPT TO command")
 RCPT_REPLY = "(in reply to RCPT TO command)"
+#: longest line read: a delivery line holds two addresses (at most 2 x 1,000 characters in
+#: SMTP, RFC 5321 section 4.5.3.1) and a reply of up to a few lines
+MAX_LINE = 8192
+#: endings of rotated files that are compressed (not read)
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 #: seconds journalctl may take
 JOURNAL_TIMEOUT = 30.0
 
 _DELIVERY = re.compile(
-    r"\b(?P<queue_id>[0-9A-Za-z]{5,}): to=<(?P<recipient>.*?)>, (?:orig_to=<.*?>, )?"
+    r"\b(?P<queue_id>[0-9A-Za-z]{5,}): to=<(?P<recipient>.*?)>, (?:orig_to=<(?P<orig_to>.*?)>, )?"
     r"relay=(?P<relay>[^,]+), .*?\bdsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3}), "
     r"status=(?P<status>[a-z]+) \((?P<reply>.*)\)\s*$")
+_SAID = re.compile(r" said: (?P<code>[2-5]\d\d)[ -](?P<text>.*)$")
 _RELAY = re.compile(r"^(?P<host>[^\[\s]+)\[(?P<address>[^\]]*)\](?::(?P<port>\d+))?$")
 
 
@@ -52,15 +61,27 @@ class Delivery:
     dsn: str
     status: str
     reply: str
+    orig_to: str = ""  # the address before Postfix rewrote it, when it did
 
 
 def parse_delivery(line: str) -> Optional[Delivery]:
-    """The Delivery a log line reports, or None when it is no such line."""
+    """The Delivery a log line reports, or None when it is no such line (or longer than
+    MAX_LINE characters, which no delivery line of Postfix is)."""
+    if len(line) > MAX_LINE:
+        return None
     match = _DELIVERY.search(line)
     if match is None:
         return None
     return Delivery(match["queue_id"], match["recipient"], match["relay"], match["dsn"],
-                    match["status"], match["reply"])
+                    match["status"], match["reply"], match["orig_to"] or "")
+
+
+def _same_host(a: str, b: str) -> bool:
+    """Host names compared as Postfix would (case, a trailing dot), addresses by value."""
+    try:
+        return ipaddress.ip_address(a.strip("[]")) == ipaddress.ip_address(b.strip("[]"))
+    except ValueError:
+        return a.lower().rstrip(".") == b.lower().rstrip(".")
 
 
 def via_primary(relay: str, primary: PrimarySpec) -> bool:
@@ -73,21 +94,27 @@ def via_primary(relay: str, primary: PrimarySpec) -> bool:
     if primary.lookup_mx:
         return True
     port = int(match["port"]) if match["port"] else None
-    host = (primary.host or "").lower()
-    return (host in (match["host"].lower(), match["address"].lower())
+    host = primary.host or ""
+    return ((_same_host(host, match["host"]) or _same_host(host, match["address"]))
             and port in (None, primary.port))
 
 
 def outcome(delivery: Delivery, primary: PrimarySpec) -> Optional[str]:
-    """VALID, INVALID or None (proves nothing) for the callout cache (module docstring)."""
+    """VALID, INVALID or None (proves nothing) for the callout cache (module docstring): the
+    primary's reply to RCPT is judged by the callouts' own rule (common.callout_rules.
+    rcpt_verdict), so a refused sender or client, a full mailbox or a policy refusal proves
+    nothing about the recipient."""
     if not via_primary(delivery.relay, primary):
         return None
     if delivery.status == "sent" and delivery.dsn.startswith("2"):
         return VALID
-    if (delivery.status == "bounced" and delivery.dsn.startswith("5")
-            and delivery.reply.endswith(RCPT_REPLY)):
-        return INVALID
-    return None
+    if delivery.status != "bounced" or not delivery.reply.endswith(RCPT_REPLY):
+        return None
+    said = _SAID.search(delivery.reply)
+    if said is None:
+        return None
+    text = said["text"][:-len(RCPT_REPLY)].rstrip()
+    return INVALID if rcpt_verdict(int(said["code"]), text) == INVALID else None
 
 
 def may_read_journal() -> bool:
@@ -103,6 +130,13 @@ def may_read_journal() -> bool:
         except KeyError:
             continue
     return False
+
+
+def _kill_group(process: "subprocess.Popen[str]") -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # already gone
 
 
 class LogUnavailable(Exception):
@@ -138,6 +172,9 @@ class DeliveryLog:
                                      f"{error.strerror}") from None
             if at_end:
                 log._offset, log._inode = status.st_size, status.st_ino
+        elif maillog_file:
+            raise LogUnavailable(f"Postfix logs to {maillog_file}, which cannot be read back: "
+                                 "set Postfix's maillog_file to a file, or log to the journal")
         elif shutil.which("journalctl") is None or not os.path.isdir("/run/systemd/journal"):
             raise LogUnavailable("Postfix logs to syslog and there is no systemd journal to read "
                                  "it from: set Postfix's maillog_file")
@@ -165,16 +202,35 @@ class DeliveryLog:
                 found.append(delivery)
         return found
 
+    def _files(self) -> List[Tuple[str, int]]:
+        """(path, offset) of the files that hold the lines since the start, oldest first: a
+        file rotated away since (``postfix logrotate`` renames it beside the new one; a
+        compressed one is not read) before the current one."""
+        folder = os.path.dirname(self.maillog_file) or "."
+        base = os.path.basename(self.maillog_file)
+        current = os.stat(self.maillog_file)
+        if self._inode is not None:
+            if current.st_ino == self._inode and current.st_size >= self._offset:
+                return [(self.maillog_file, self._offset)]
+            rotated = [entry.path for entry in os.scandir(folder)
+                       if entry.name.startswith(base + ".")
+                       and entry.inode() == self._inode]
+            return [(path, self._offset) for path in rotated[:1]] + [(self.maillog_file, 0)]
+        # read whole (a flush learned from later): the rotated files written to since then
+        older = []
+        for entry in os.scandir(folder):
+            if (entry.name.startswith(base + ".") and not entry.name.endswith(COMPRESSED)
+                    and entry.is_file() and entry.stat().st_mtime >= self.since):
+                older.append((entry.stat().st_mtime, entry.path))
+        return [(path, 0) for _, path in sorted(older)] + [(self.maillog_file, 0)]
+
     def _file_lines(self) -> Iterator[str]:
         try:
-            with open(self.maillog_file, "rb") as log:
-                status = os.fstat(log.fileno())
-                # rotated or truncated since the start: the new file holds the rest
-                offset = (self._offset if status.st_ino == self._inode
-                          and status.st_size >= self._offset else 0)
-                log.seek(offset)
-                for raw in log:
-                    yield raw.decode("utf-8", "replace")
+            for path, offset in self._files():
+                with open(path, "rb") as log:
+                    log.seek(offset)
+                    for raw in log:
+                        yield raw.decode("utf-8", "replace")
         except OSError as error:
             raise LogUnavailable(f"Postfix's maillog_file {self.maillog_file}: "
                                  f"{error.strerror}") from None
@@ -184,25 +240,27 @@ class DeliveryLog:
         # second before the start, as --since counts whole seconds
         command = ["journalctl", "--quiet", "--no-pager", "--output=cat", "SYSLOG_FACILITY=2",
                    f"--since=@{int(self.since) - 1}"]
-        try:
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True, errors="replace")
-        except OSError as error:
-            raise LogUnavailable(f"journalctl: {error}") from None
-        watchdog = threading.Timer(JOURNAL_TIMEOUT, process.kill)
-        watchdog.start()
-        try:
-            assert process.stdout is not None and process.stderr is not None
-            yield from process.stdout
-            error_text = process.stderr.read()
-            status = process.wait()
-        finally:
-            watchdog.cancel()
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            process.stdout.close()  # type: ignore[union-attr]
-            process.stderr.close()  # type: ignore[union-attr]
+        with tempfile.TemporaryFile() as errors:  # a file: a full pipe would stall journalctl
+            try:
+                # a session of its own, so the watchdog ends whatever it started too
+                process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors,
+                                           text=True, errors="replace", start_new_session=True)
+            except OSError as error:
+                raise LogUnavailable(f"journalctl: {error}") from None
+            watchdog = threading.Timer(JOURNAL_TIMEOUT, _kill_group, (process,))
+            watchdog.start()
+            try:
+                assert process.stdout is not None
+                yield from process.stdout
+                status = process.wait()
+            finally:
+                watchdog.cancel()
+                if process.poll() is None:
+                    _kill_group(process)
+                    process.wait()
+                process.stdout.close()  # type: ignore[union-attr]
+            errors.seek(0)
+            error_text = errors.read(4096).decode("utf-8", "replace")
         if status != 0:
             detail = error_text.strip().splitlines()
             why = "timed out" if status < 0 else (detail[-1] if detail else f"exit {status}")

@@ -156,8 +156,9 @@ def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: fl
                             relay_domains=ctx.config.domains).still_held.get(domain, 0)
     if if_held and held_before == 0:
         return None
-    flush_id = ledger.start_flush(domain, trigger, force, report.status, held_before, ctx.clock())
-    learning = flush_learning.start(ctx, domain)
+    started = ctx.clock()
+    flush_id = ledger.start_flush(domain, trigger, force, report.status, held_before, started)
+    learning = flush_learning.start(ctx, domain, started)
     result = ctx.postfix.flush_domain(domain)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
@@ -169,7 +170,8 @@ def flush_domain(ctx: CommandContext, domain: str, force: bool = False, wait: fl
     delivered = ledger.count_flushed(flush_id)
     outcome = "complete" if remaining == 0 else "partial"
     ledger.finish_flush(flush_id, delivered, remaining, outcome, "", ctx.clock())
-    learned = None if learning is None else flush_learning.finish(ctx, learning, flush_id)
+    learned = None if learning is None else flush_learning.finish(
+        ctx, learning, flush_id, complete=outcome == "complete")
     return FlushOutcome(domain, flush_id, held_before, delivered, remaining, outcome, learned)
 
 

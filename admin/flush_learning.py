@@ -1,18 +1,21 @@
 """Learning from a flush: what the primary answered to held mail becomes callout results.
 
-When a flush hands a domain's held mail to its primary, Postfix's SMTP client logs each
-recipient's result (admin.delivery_log). For a domain with a ``callout`` source, the recipients
-of the messages that left the queue during the flush that the primary accepted become ``valid``
-entries of the callout cache, and the ones it refused with a 5xx reply to ``RCPT TO`` become
-``invalid`` entries, under the same rule as a callout's answer (common.callout_rules.merged: an
-unexpired valid entry is not replaced by an invalid one). Entries go to the file policyd keeps
-(common.callout_cache, ``callouts.sqlite3`` in ``[policyd] state_directory``); policyd takes
-what others added there within policyd.callout_follow.FOLLOW_INTERVAL seconds.
+When a flush hands held mail to the primary, Postfix's SMTP client logs each recipient's result
+(admin.delivery_log). For every recipient of a domain with a ``callout`` source, of the messages
+of the flushed domain that left the queue since the flush started, and recorded by the ledger for
+that message: ``status=sent`` through the domain's primary gives a ``valid`` entry, a reply to
+``RCPT TO`` saying the mailbox does not exist (common.callout_rules.rcpt_verdict, the callouts'
+own rule) an ``invalid`` one. Entries are dated by the flush's start and merged under the
+callouts' rule (common.callout_rules.merged); valid ones only for a domain whose primary was seen
+to refuse a random address (common.callout_cache.trusts_valid). They go to the file policyd keeps
+(``callouts.sqlite3`` in ``[policyd] state_directory``), which policyd follows
+(policyd.callout_follow).
 
 The flush learns at once when it can read the log; the ledger marks each flush learned from
-(``flush_events.learned_at``). A flush whose process may not read the journal (the one policyd
-runs when a primary returns) is learned from by the next ``flush --auto`` of
-backupmx-flush.service, which has the group systemd-journal. Learning never changes a flush's
+(``flush_events.learned_at``) once it is complete. A flush no process could learn from (the one
+policyd runs when a primary returns: policyd's user may not read the journal) or that left mail
+behind is learned from again by each ``flush --auto`` of the next PENDING_WITHIN seconds
+(backupmx-flush.service has the group systemd-journal). Learning never changes a flush's
 outcome: when the log cannot be read, the flush says why in one line and goes on.
 """
 from __future__ import annotations
@@ -20,18 +23,12 @@ from __future__ import annotations
 import os
 import sqlite3
 from dataclasses import dataclass
-from functools import partial
-from typing import Callable, Collection, Iterable, List, Optional, Tuple, cast
+from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple, cast
 
 from backupmx.admin.context import CommandContext
-from backupmx.admin.delivery_log import (
-    Delivery,
-    DeliveryLog,
-    LogUnavailable,
-    outcome,
-)
+from backupmx.admin.delivery_log import Delivery, DeliveryLog, LogUnavailable, outcome
 from backupmx.common.addresses import split_address
-from backupmx.common.callout_cache import CalloutStore, store_path
+from backupmx.common.callout_cache import CalloutStore, store_path, trusts_valid
 from backupmx.common.callout_rules import (
     INVALID,
     VALID,
@@ -41,7 +38,7 @@ from backupmx.common.callout_rules import (
     is_probe,
     merged,
 )
-from backupmx.common.config import PrimarySpec
+from backupmx.common.config import Config, PrimarySpec
 from backupmx.common.postfix import PostfixError
 from backupmx.common.source_settings import CalloutSettings
 from backupmx.milter.ledger import LedgerError
@@ -53,78 +50,119 @@ PENDING_WITHIN = 86400.0
 #: Postfix's final results of a recipient (the others are retried)
 FINAL = ("sent", "bounced")
 
+#: callout domain -> (its primary, its cache lifetimes)
+CalloutDomains = Mapping[str, Tuple[PrimarySpec, Lifetimes]]
+
 
 @dataclass(frozen=True)
 class Learning:
-    """What a flush of ``domain`` is learned with: its primary, its callout lifetimes and the
-    log, read from where it stood at the flush's start."""
+    """A flush of ``domain`` being learned from: when it started (Unix seconds), the callout
+    domains, and the log."""
 
     domain: str
-    primary: PrimarySpec
-    lifetimes: Lifetimes
+    started_at: float
+    domains: CalloutDomains
     log: DeliveryLog
 
 
 def cache_key(address: str) -> Tuple[str, str]:
-    """(the address as the callout cache keys it, its domain): lower-case, the domain
-    normalised, as the decision looks it up (common.decision)."""
+    """(the address as the callout cache keys it, its domain), in the form policyd is asked
+    about (Postfix's internal form): lower-case, the domain normalised, the local part without
+    RFC 5321 quoting (``"odd user"@x.test`` -> ``odd user@x.test``)."""
     local, domain = split_address(address)
+    if '"' in local or "\\" in local:
+        plain, escaped = [], False
+        for char in local:
+            if escaped:
+                plain.append(char)
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char != '"':
+                plain.append(char)
+        local = "".join(plain)
     return f"{local}@{domain}", domain
 
 
-def learned_entries(deliveries: Iterable[Delivery], domain: str, primary: PrimarySpec,
-                    queue_ids: Collection[str], now: float) -> List[Entry]:
-    """The entries the log lines of one flush give (pure): only lines of the held messages
-    (``queue_ids``), of recipients in ``domain``, that prove something (delivery_log.outcome);
-    the last line of a recipient wins. ``now``: Unix seconds, the entries' ``verified_at``."""
-    found = {}
+def owner(domain: str, domains: Iterable[str]) -> Optional[str]:
+    """The callout domain ``domain`` is, or is a subdomain of; None."""
+    for candidate in domains:
+        if domain == candidate or domain.endswith("." + candidate):
+            return candidate
+    return None
+
+
+def learned_entries(deliveries: Iterable[Delivery], recorded: Mapping[str, Iterable[str]],
+                    domains: CalloutDomains, when: float) -> List[Entry]:
+    """The entries the log lines of a flush give (pure). ``recorded``: queue id -> the
+    recipients the ledger holds for that message (only they are learned: a line of another
+    message that had the same queue id, or an address crafted to look like a log field, is
+    not); ``domains``: the callout domains; ``when``: the entries' ``verified_at``. Lines of
+    one recipient are merged under the callouts' rule (a refusal never replaces an acceptance
+    of the same flush)."""
+    wanted = {queue_id: {cache_key(r)[0] for r in recipients}
+              for queue_id, recipients in recorded.items()}
+    found: Dict[str, Entry] = {}
     for delivery in deliveries:
-        if delivery.queue_id not in queue_ids or is_probe(delivery.recipient):
+        keys = wanted.get(delivery.queue_id, set())
+        address, domain = cache_key(delivery.recipient)
+        if address not in keys and cache_key(delivery.orig_to)[0] not in keys:
             continue
-        address, recipient_domain = cache_key(delivery.recipient)
-        if recipient_domain != domain and not recipient_domain.endswith("." + domain):
+        callout_domain = owner(domain, domains)
+        if callout_domain is None or is_probe(address):
             continue
+        primary, lifetimes = domains[callout_domain]
         status = outcome(delivery, primary)
-        if status is not None:
-            found[address] = Entry(address, domain, status, now, delivery.reply[:200])
+        if status is None:
+            continue
+        new = Entry(address, callout_domain, status, when, delivery.reply[:200])
+        kept = merged(found.get(address), new, lifetimes)
+        if kept is not None:
+            found[address] = kept
     return list(found.values())
 
 
-def _learning(ctx: CommandContext, domain: str, log: Callable[[str], DeliveryLog]
-              ) -> Optional[Learning]:
-    """A Learning for a domain with a callout source (else None); raises LogUnavailable."""
-    source = callout_sources(ctx.config).get(domain)
-    if source is None:
+def callout_domains(config: Config) -> Dict[str, Tuple[PrimarySpec, Lifetimes]]:
+    return {domain: (config.domains[domain], cast(CalloutSettings, source.driver).lifetimes)
+            for domain, source in callout_sources(config).items()}
+
+
+def _open(ctx: CommandContext, domain: str, started_at: float,
+          at_end: bool) -> Optional[Learning]:
+    """A Learning when callout sources exist (else None); raises LogUnavailable."""
+    domains = callout_domains(ctx.config)
+    if not domains:
         return None
     try:
         maillog = ctx.postfix.postconf("maillog_file", expand=True).get("maillog_file", "")
     except PostfixError as error:
         raise LogUnavailable(str(error)) from None
-    settings = cast(CalloutSettings, source.driver)
-    return Learning(domain, ctx.config.domains[domain], settings.lifetimes, log(maillog))
+    return Learning(domain, started_at, domains, DeliveryLog.open(maillog, started_at, at_end))
 
 
-def start(ctx: CommandContext, domain: str) -> Optional[Learning]:
-    """Before ``postqueue -s``: a Learning, or None when the domain has no callout source or
-    this process cannot read the log (said in one line: the next ``flush --auto``, run by
-    backupmx-flush.service with the group systemd-journal, learns from the flush then)."""
+def start(ctx: CommandContext, domain: str, started_at: float) -> Optional[Learning]:
+    """Before ``postqueue -s``: a Learning, or None when no callout source exists or this
+    process cannot read the log (said in one line: a later ``flush --auto`` learns then)."""
     try:
-        return _learning(ctx, domain, lambda maillog: DeliveryLog.open(maillog, ctx.clock()))
+        return _open(ctx, domain, started_at, at_end=True)
     except LogUnavailable as error:
         print(f"{domain}: recipients are learned from this flush by the next "
               f"'backupmx flush --auto' ({error})", file=ctx.out)
         return None
 
 
-def finish(ctx: CommandContext, learning: Learning,
-           flush_id: int) -> Optional[Tuple[int, int]]:
-    """After the flush: read the log (waiting up to LOG_WAIT seconds for the lines of every
-    message that left), store what it proves and mark the flush learned. (valid, invalid)
-    entries stored, or None when nothing could be stored (said in one line)."""
+def finish(ctx: CommandContext, learning: Learning, flush_id: int,
+           complete: bool) -> Optional[Tuple[int, int]]:
+    """After the flush: read the log (waiting up to LOG_WAIT seconds for the lines of the
+    recipients of every message that left), store what it proves, and mark the flush learned
+    when it is ``complete``. (valid, invalid) stored, or None (said in one line)."""
     try:
         ledger = ctx.ledger()
-        learned = learn(ctx, learning, ledger.flushed_queue_ids(flush_id), LOG_WAIT)
-        if learned is not None:
+        learned = learn(ctx, learning, LOG_WAIT)
+        if learned is None:
+            print(f"{learning.domain}: no delivery line of this flush in Postfix's log yet: "
+                  f"the next 'backupmx flush --auto' learns from it", file=ctx.out)
+        elif complete:
             ledger.mark_learned(flush_id, ctx.clock())
     except LogUnavailable as error:
         print(f"{learning.domain}: recipients are learned from this flush by the next "
@@ -138,45 +176,57 @@ def finish(ctx: CommandContext, learning: Learning,
 
 def learn_pending(ctx: CommandContext) -> None:
     """What ``flush --auto`` does last: learn from the flushes of the last PENDING_WITHIN
-    seconds no process could learn from (a flush policyd ran, whose user may not read the
-    journal). Prints a line per flush learned; never raises."""
-    domains = callout_sources(ctx.config)
+    seconds not learned from yet; one is marked learned once it was complete or its domain
+    holds nothing any more. Prints a line per flush learned from; never raises."""
+    if not callout_sources(ctx.config):
+        return
     try:
         ledger = ctx.ledger()
-        pending = ledger.unlearned_flushes(domains, ctx.clock() - PENDING_WITHIN)
-        for flush_id, domain, started_at in pending:
-            learning = _learning(ctx, domain,
-                                 partial(DeliveryLog.open, since=started_at, at_end=False))
+        for flush_id, domain, started_at, result in ledger.unlearned_flushes(
+                ctx.clock() - PENDING_WITHIN):
+            learning = _open(ctx, domain, started_at, at_end=False)
             if learning is None:
-                continue
-            learned = learn(ctx, learning, ledger.flushed_queue_ids(flush_id), 0.0)
+                return
+            learned = learn(ctx, learning, 0.0)
             if learned is None:
                 return
-            ledger.mark_learned(flush_id, ctx.clock())
-            print(f"{domain}: learned {learned[0]} valid and {learned[1]} invalid recipients "
-                  f"from flush #{flush_id}", file=ctx.out)
+            if result == "complete" or ledger.held_count(domain) == 0:
+                ledger.mark_learned(flush_id, ctx.clock())
+            if learned != (0, 0):
+                print(f"{domain}: learned {learned[0]} valid and {learned[1]} invalid "
+                      f"recipients from flush #{flush_id}", file=ctx.out)
     except LogUnavailable as error:
         ctx.warn(f"not learning recipients from earlier flushes: {error}")
     except (LedgerError, sqlite3.Error, OSError) as error:
         ctx.warn(f"not learning recipients from earlier flushes: {error}")
 
 
-def learn(ctx: CommandContext, learning: Learning, queue_ids: Collection[str],
-          wait: float) -> Optional[Tuple[int, int]]:
-    """Read the log (for up to ``wait`` seconds, until every message of ``queue_ids`` has a
-    final line), store what it proves; (valid, invalid) stored, or None (said in one line).
-    Raises LogUnavailable."""
+def learn(ctx: CommandContext, learning: Learning, wait: float) -> Optional[Tuple[int, int]]:
+    """Read the log (for up to ``wait`` seconds, until every recorded callout-domain recipient
+    of the messages that left has a final line), store what it proves; (valid, invalid)
+    stored, or None when the log has no line of those messages or the results could not be
+    stored (that is said in one line). Raises LogUnavailable, LedgerError, sqlite3.Error."""
+    recorded = ctx.ledger().left_since(learning.domain, learning.started_at)
+    if not recorded:
+        return (0, 0)
+    expected = {(queue_id, cache_key(r)[0]) for queue_id, recipients in recorded.items()
+                for r in recipients if owner(cache_key(r)[1], learning.domains)}
     deadline = ctx.clock() + wait
     while True:
-        deliveries = learning.log.deliveries(queue_ids)
-        logged = {d.queue_id for d in deliveries if d.status in FINAL}
-        if set(queue_ids) <= logged or ctx.clock() >= deadline:
+        deliveries = learning.log.deliveries(recorded)
+        logged: Set[Tuple[str, str]] = set()
+        for d in deliveries:
+            if d.status in FINAL:
+                logged.update({(d.queue_id, cache_key(d.recipient)[0]),
+                               (d.queue_id, cache_key(d.orig_to)[0])})
+        if expected <= logged or ctx.clock() >= deadline:
             break
         ctx.sleep(0.2)
-    entries = learned_entries(deliveries, learning.domain, learning.primary, queue_ids,
-                              ctx.clock())
+    if not logged:
+        return None  # rotated away, or not written yet: the flush stays to learn from
+    entries = learned_entries(deliveries, recorded, learning.domains, learning.started_at)
     try:
-        kept = store(ctx, entries, learning.lifetimes)
+        kept = store(ctx, entries, learning.domains)
     except (sqlite3.Error, OSError) as error:
         ctx.warn(f"{learning.domain}: the recipients learned from a flush were not "
                  f"stored: {error}")
@@ -184,10 +234,11 @@ def learn(ctx: CommandContext, learning: Learning, queue_ids: Collection[str],
     return (sum(1 for e in kept if e.status == VALID), sum(1 for e in kept if e.status == INVALID))
 
 
-def store(ctx: CommandContext, entries: List[Entry], lifetimes: Lifetimes) -> List[Entry]:
-    """Merge ``entries`` into policyd's callout cache file; the entries written. Raises
-    FileNotFoundError when policyd has not made the file yet (it does at its start),
-    sqlite3.Error or OSError when it cannot be written."""
+def store(ctx: CommandContext, entries: List[Entry], domains: CalloutDomains) -> List[Entry]:
+    """Merge ``entries`` into policyd's callout cache file; the entries written. Valid ones
+    only for domains whose primary refused a random address (common.callout_cache.
+    trusts_valid). Raises FileNotFoundError when policyd has not made the file yet (it does at
+    its start), sqlite3.Error or OSError when it cannot be written."""
     path = store_path(ctx.config.policyd.state_directory)
     if not entries:
         return []
@@ -196,8 +247,14 @@ def store(ctx: CommandContext, entries: List[Entry], lifetimes: Lifetimes) -> Li
         raise FileNotFoundError(f"{path} does not exist yet (backupmx-policyd creates it)")
     cache = CalloutStore(path)
     try:
-        kept = [e for e in (merged(cache.get(new.address), new, lifetimes) for new in entries)
-                if e is not None]
+        checks = cache.checks()
+        kept = []
+        for new in entries:
+            if new.status == VALID and not trusts_valid(checks.get(new.domain)):
+                continue  # the primary may accept every address: a delivery proves nothing
+            entry = merged(cache.get(new.address), new, domains[new.domain][1])
+            if entry is not None:
+                kept.append(entry)
         cache.put(kept)
     finally:
         cache.close()

@@ -17,6 +17,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -38,13 +39,19 @@ MAX_ENTRIES = 500_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS verdicts (
     address TEXT PRIMARY KEY, domain TEXT NOT NULL, status TEXT NOT NULL,
-    verified_at REAL NOT NULL, reply TEXT NOT NULL DEFAULT '');
+    verified_at REAL NOT NULL, reply TEXT NOT NULL DEFAULT '',
+    stored_at REAL NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS verdicts_domain ON verdicts (domain);
-CREATE INDEX IF NOT EXISTS verdicts_verified_at ON verdicts (verified_at);
 CREATE TABLE IF NOT EXISTS domains (
     domain TEXT PRIMARY KEY, accept_all INTEGER NOT NULL, checked_at REAL NOT NULL,
     reply TEXT NOT NULL DEFAULT '');
 """
+
+
+def trusts_valid(check: Optional["DomainCheck"]) -> bool:
+    """Whether a valid answer of a domain's primary proves anything: only once its check with
+    a random address was refused (the primary does not accept every recipient)."""
+    return check is not None and not check.accept_all
 
 
 def store_path(state_directory: str) -> str:
@@ -77,13 +84,21 @@ class CalloutStore:
             if self.readonly:
                 db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
                                      check_same_thread=False)
+                db.execute("PRAGMA busy_timeout=5000")
             else:
                 os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
                 db = sqlite3.connect(self.path, check_same_thread=False)
+                db.execute("PRAGMA busy_timeout=5000")
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
-            db.execute("PRAGMA busy_timeout=5000")
+                columns = {row[1] for row in db.execute("PRAGMA table_info(verdicts)")}
+                if "stored_at" not in columns:  # a file of an earlier 0.2.0 build
+                    with db:
+                        db.execute("ALTER TABLE verdicts ADD COLUMN stored_at REAL NOT NULL "
+                                   "DEFAULT 0")
+                db.execute("CREATE INDEX IF NOT EXISTS verdicts_stored_at ON verdicts "
+                           "(stored_at)")
             self._db = db
         return self._db
 
@@ -99,14 +114,16 @@ class CalloutStore:
                 "SELECT address, domain, status, verified_at, reply FROM verdicts").fetchall()
         return [Entry(*row) for row in rows]
 
-    def entries_since(self, since: float) -> List[Entry]:
-        """Entries verified after ``since`` (Unix seconds): what was added since a moment,
-        also by another process (``backupmx flush`` learning from a delivery)."""
+    def entries_since(self, since: float) -> Tuple[List[Entry], float]:
+        """Entries stored after ``since`` (Unix seconds), also by another process (``backupmx
+        flush`` learning from a delivery), and when the newest of them was stored (``since``
+        when none was)."""
         with self._lock:
             rows = self._connect().execute(
-                "SELECT address, domain, status, verified_at, reply FROM verdicts "
-                "WHERE verified_at > ? ORDER BY verified_at", (since,)).fetchall()
-        return [Entry(*row) for row in rows]
+                "SELECT address, domain, status, verified_at, reply, stored_at FROM verdicts "
+                "WHERE stored_at > ? ORDER BY stored_at", (since,)).fetchall()
+        newest = max((row[5] for row in rows), default=since)
+        return [Entry(*row[:5]) for row in rows], newest
 
     def get(self, address: str) -> Optional[Entry]:
         with self._lock:
@@ -119,10 +136,12 @@ class CalloutStore:
         with self._lock:
             db = self._connect()
             with db:
+                now = time.time()
                 db.executemany(
                     "INSERT OR REPLACE INTO verdicts (address, domain, status, verified_at, "
-                    "reply) VALUES (?, ?, ?, ?, ?)",
-                    [(e.address, e.domain, e.status, e.verified_at, e.reply) for e in entries])
+                    "reply, stored_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(e.address, e.domain, e.status, e.verified_at, e.reply, now)
+                     for e in entries])
 
     def delete_before(self, domain: str, status: str, before: float) -> int:
         """Forget ``status`` entries of ``domain`` verified before ``before``; how many."""

@@ -11,6 +11,7 @@ status with a bad one"); an invalid entry is known for ``negative_expire_time`` 
 """
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, NamedTuple, Optional
@@ -81,12 +82,45 @@ def verdict_of(entry: Optional[Entry], lifetimes: Lifetimes, now: float) -> Verd
 
 
 def merged(old: Optional[Entry], new: Entry, lifetimes: Lifetimes) -> Optional[Entry]:
-    """The entry to keep after a definite callout result ``new`` (None: keep ``old``):
-    an unexpired valid entry is never replaced by an invalid one."""
-    if (old is not None and old.status == VALID and new.status == INVALID
+    """The entry to keep after a definite result ``new`` (None: keep ``old``): an unexpired
+    valid entry is never replaced by an invalid one, and no entry by an older one (a flush
+    learned from later gives results of its own time)."""
+    if old is None:
+        return new
+    if new.verified_at < old.verified_at:
+        return None
+    if (old.status == VALID and new.status == INVALID
             and new.verified_at - old.verified_at < lifetimes.positive_expire):
         return None
     return new
+
+
+#: RCPT replies that say the mailbox does not exist (RFC 5321 section 4.2.2)
+MAILBOX_REFUSED = frozenset({550, 551, 553})
+#: RFC 3463 enhanced status codes about the sender's address, not the recipient's
+SENDER_STATUS = frozenset({"5.1.7", "5.1.8"})
+_ENHANCED = re.compile(r"\s*([245]\.\d{1,3}\.\d{1,3})(?:\s|$)")
+
+
+def rcpt_verdict(code: int, text: str) -> str:
+    """What a reply to ``RCPT TO`` says of the recipient: VALID (2xx); INVALID only when it
+    says the mailbox does not exist: a code of MAILBOX_REFUSED whose enhanced status code
+    (RFC 3463, at the start of ``text``, the reply after its code), when there is one, is
+    ``5.0.0`` or an address status ``5.1.x`` other than the sender's (SENDER_STATUS);
+    TEMPORARY for every other reply (4xx, a full mailbox 5.2.x, a policy or relay refusal
+    5.7.x, a refused sender or client, 552, 554, ...), which proves nothing about the address.
+    Used for callouts and for the deliveries of a flush alike."""
+    if code // 100 == 2:
+        return VALID
+    if code not in MAILBOX_REFUSED:
+        return TEMPORARY
+    enhanced = _ENHANCED.match(text)
+    if enhanced is None:
+        return INVALID
+    status = enhanced.group(1)
+    if status == "5.0.0" or (status.startswith("5.1.") and status not in SENDER_STATUS):
+        return INVALID
+    return TEMPORARY
 
 
 def probe_address(domain: str, token: Optional[str] = None) -> str:

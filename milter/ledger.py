@@ -365,27 +365,35 @@ class Ledger:
                 " result = ?, detail = ? WHERE id = ?",
                 (now, delivered, remaining, result, detail, flush_id))
 
-    def unlearned_flushes(self, domains: Iterable[str],
-                          since: float) -> List[Tuple[int, str, float]]:
-        """(id, domain, started_at) of the finished flushes of ``domains`` that started after
-        ``since`` (Unix seconds), moved mail, and were not learned from yet; oldest first."""
-        wanted = sorted(set(domains))
-        if not wanted:
-            return []
-        marks = ", ".join("?" * len(wanted))
+    def unlearned_flushes(self, since: float) -> List[Tuple[int, str, float, str]]:
+        """(id, domain, started_at, result) of the flushes that started after ``since`` (Unix
+        seconds), ended complete or partial, and were not learned from yet; oldest first."""
         with self._lock:
-            return [tuple(row) for row in self._connection().execute(
-                "SELECT id, domain, started_at FROM flush_events WHERE learned_at IS NULL"
-                " AND result IN ('complete', 'partial') AND delivered > 0"
-                f" AND started_at > ? AND domain IN ({marks}) ORDER BY id",
-                (since, *wanted)).fetchall()]
+            return [(row[0], row[1], row[2], row[3]) for row in self._connection().execute(
+                "SELECT id, domain, started_at, result FROM flush_events"
+                " WHERE learned_at IS NULL AND result IN ('complete', 'partial')"
+                " AND started_at > ? ORDER BY id", (since,)).fetchall()]
 
-    def flushed_queue_ids(self, flush_id: int) -> List[str]:
-        """Queue ids of the messages that left the queue during the flush."""
+    def left_since(self, domain: str, since: float) -> Dict[str, List[str]]:
+        """Queue id -> every recipient the ledger recorded (all its domains) of the messages
+        of ``domain`` that left the queue after ``since`` (Unix seconds)."""
+        found: Dict[str, List[str]] = {}
         with self._lock:
-            return [row[0] for row in self._connection().execute(
-                "SELECT m.queue_id FROM message_domains md JOIN messages m"
-                " ON m.id = md.message_id WHERE md.flush_id = ?", (flush_id,))]
+            rows = self._connection().execute(
+                "SELECT m.queue_id, every.recipients FROM message_domains md"
+                " JOIN messages m ON m.id = md.message_id"
+                " JOIN message_domains every ON every.message_id = md.message_id"
+                " WHERE md.domain = ? AND md.state != 'held' AND md.changed_at >= ?",
+                (domain, since)).fetchall()
+        for queue_id, recipients in rows:
+            found.setdefault(queue_id, []).extend(r for r in recipients.split("\n") if r)
+        return found
+
+    def held_count(self, domain: str) -> int:
+        with self._lock:
+            return self._connection().execute(
+                "SELECT COUNT(*) FROM message_domains WHERE domain = ? AND state = 'held'",
+                (domain,)).fetchone()[0]
 
     def mark_learned(self, flush_id: int, now: float) -> None:
         with self._lock:

@@ -4,12 +4,12 @@
 (admin.flush_learning) and writes them to ``callouts.sqlite3``, the file policyd keeps its
 callout results in (common.callout_cache). policyd reads that file whole only at start, so every
 FOLLOW_INTERVAL seconds it asks the file, in a thread (the reactor never waits for the disk),
-for the entries verified since its last look, and takes those that differ from its memory into
+for the entries stored since its last look, and takes those that differ from its memory into
 the cache, under the usual rule (common.callout_rules.merged).
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 from twisted.internet import threads
 from twisted.internet.task import LoopingCall
@@ -63,11 +63,13 @@ class StoreFollower:
         looked.addBoth(self._done)
         return looked
 
-    def take(self, entries: List[Entry]) -> int:
-        """Take the stored entries that differ from memory; how many. Reactor thread only."""
+    def take(self, found: Tuple[List[Entry], float]) -> int:
+        """Take the stored entries that differ from memory (``found``: what
+        CalloutStore.entries_since gives); how many. Reactor thread only."""
+        entries, newest = found
+        self.since = max(self.since, newest)
         taken = 0
         for entry in entries:
-            self.since = max(self.since, entry.verified_at)
             if entry.domain not in self.engine.setup or self.engine.cache.get(entry.address) \
                     == entry:
                 continue

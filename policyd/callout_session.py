@@ -22,10 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from backupmx.common.callout_rules import INVALID, TEMPORARY, VALID
+from backupmx.common.callout_rules import INVALID, TEMPORARY, rcpt_verdict
 
-#: RCPT replies that say the mailbox does not exist (RFC 5321 section 4.2.2)
-MAILBOX_REFUSED = frozenset({550, 551, 553})
 _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 
 
@@ -114,13 +112,10 @@ class CalloutMachine:
             return self._ask_next()
         if state == RCPT:
             address = self.addresses[self._next - 1]
-            if code // 100 == 2:
-                self.results[address] = Outcome(VALID, text)
-            elif code in MAILBOX_REFUSED:
-                self.results[address] = Outcome(INVALID, text)
+            verdict = rcpt_verdict(code, lines[-1] if lines else "")
+            self.results[address] = Outcome(verdict, text)
+            if verdict == INVALID:
                 self.unknown += 1
-            else:
-                self.results[address] = Outcome(TEMPORARY, text)
             if self.unknown >= self.max_unknown:
                 self.unasked = list(self.addresses[self._next:])
                 return self._send(RSET, "RSET")

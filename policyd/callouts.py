@@ -28,7 +28,7 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from backupmx.common.callout_cache import CalloutCache, DomainCheck
+from backupmx.common.callout_cache import CalloutCache, DomainCheck, trusts_valid
 from backupmx.common.callout_rules import (
     ACCEPT_ALL_INTERVAL,
     INVALID,
@@ -361,8 +361,7 @@ class CalloutEngine:
                 if was:
                     self.log.info("callouts for {domain}: the primary refuses unknown "
                                   "recipients again; callouts resume", domain=domain)
-        known = self.checks.get(domain)
-        trusted = known is not None and not known.accept_all
+        trusted = trusts_valid(self.checks.get(domain))
         entries: List[Entry] = []
         for address, outcome in results.items():
             self.results[(domain, outcome.status)] += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Tuple
 
@@ -25,8 +26,8 @@ from backupmx.admin.delivery_log import (
 )
 from backupmx.admin.flush import flush_command, flush_domain
 from backupmx.admin.flush_learning import cache_key, learned_entries
-from backupmx.common.callout_cache import CalloutCache, CalloutStore, store_path
-from backupmx.common.callout_rules import INVALID, VALID, Entry, Lifetimes
+from backupmx.common.callout_cache import CalloutCache, CalloutStore, DomainCheck, store_path
+from backupmx.common.callout_rules import INVALID, TEMPORARY, VALID, Entry, Lifetimes, rcpt_verdict
 from backupmx.common.config import PrimarySpec, parse_config
 from backupmx.milter.ledger import Ledger
 from backupmx.policyd.callout_follow import StoreFollower
@@ -99,28 +100,80 @@ def deliveries(*lines: str) -> list:
     return [d for d in map(parse_delivery, lines) if d is not None]
 
 
-def test_learned_entries_keep_the_held_messages_of_the_domain_only() -> None:
+DOMAINS = {"example.test": (PRIMARY, Lifetimes())}
+RECORDED = {"E6A82220091": ["alice@example.test", "bob@example.test", "Dan@Sub.Example.test",
+                            "alice@other.test"]}
+
+
+def test_learned_entries_keep_the_recorded_recipients_of_callout_domains_only() -> None:
     other_message = SENT.replace("E6A82220091", "F00000000A1").replace("alice", "carol")
     other_domain = SENT.replace("alice@example.test", "alice@other.test")
     subdomain = SENT.replace("alice@example.test", "Dan@Sub.Example.test")
+    unrecorded = SENT.replace("alice@example.test", "eve@example.test")
     found = learned_entries(deliveries(DEFERRED, SENT, REFUSED, OWN_BOUNCE, other_message,
-                                       other_domain, subdomain),
-                            "example.test", PRIMARY, IDS, 100.0)
+                                       other_domain, subdomain, unrecorded),
+                            RECORDED, DOMAINS, 100.0)
     assert {(e.address, e.domain, e.status) for e in found} == {
         ("alice@example.test", "example.test", VALID),
         ("bob@example.test", "example.test", INVALID),
         ("dan@sub.example.test", "example.test", VALID)}
     assert all(e.verified_at == 100.0 for e in found)
-    # keyed as the decision looks addresses up
+    # keyed as policyd is asked: lower-case, normalised domain, without RFC 5321 quoting
     assert cache_key("<X@Example.TEST.>") == ("x@example.test", "example.test")
-    notours = SENT.replace("alice@example.test", "x@notexample.test")
-    assert learned_entries(deliveries(notours), "example.test", PRIMARY, IDS, 1.0) == []
+    assert cache_key('"Odd User"@example.test') == ("odd user@example.test", "example.test")
+    assert cache_key('"a\\"b"@example.test')[0] == 'a"b@example.test'
 
 
-def test_the_last_line_of_a_recipient_wins() -> None:
-    later_sent = SENT.replace("alice", "bob")
-    found = learned_entries(deliveries(REFUSED, later_sent), "example.test", PRIMARY, IDS, 1.0)
-    assert [(e.address, e.status) for e in found] == [("bob@example.test", VALID)]
+def test_a_refusal_never_replaces_an_acceptance_of_the_same_flush() -> None:
+    sent_to_bob = SENT.replace("alice", "bob")
+    for lines in ((REFUSED, sent_to_bob), (sent_to_bob, REFUSED)):
+        found = learned_entries(deliveries(*lines), RECORDED, DOMAINS, 1.0)
+        assert [(e.address, e.status) for e in found] == [("bob@example.test", VALID)]
+
+
+@pytest.mark.parametrize("reply", [
+    # refusals that are not about the recipient prove nothing
+    "550 5.7.1 <spam@bad.test>: Sender address rejected: SPF fail",
+    "550 5.1.8 <spam@bad.test>: Sender address rejected: Domain not found",
+    "554 5.7.1 <client.test[192.0.2.9]>: Client host rejected: Access denied",
+    "552 5.2.2 <bob@example.test>: Mailbox full",
+    "550 5.7.1 <bob@example.test>: Relay access denied",
+    "553 5.1.7 <spam@bad.test>: Sender address rejected: not logged in",
+])
+def test_only_a_refused_mailbox_is_invalid(reply: str) -> None:
+    line = REFUSED.replace("550 5.1.1 <bob@example.test>: Recipient address rejected: "
+                           "User unknown", reply)
+    delivery = parse_delivery(line)
+    assert delivery is not None and outcome(delivery, PRIMARY) is None, reply
+
+
+def test_a_refused_mailbox_without_an_enhanced_code_is_invalid() -> None:
+    line = REFUSED.replace("550 5.1.1 <bob@example.test>: Recipient address rejected: "
+                           "User unknown", "550 no such user here")
+    assert outcome(parse_delivery(line), PRIMARY) == INVALID  # type: ignore[arg-type]
+    assert rcpt_verdict(550, "5.1.1 no such user") == INVALID
+    assert rcpt_verdict(551, "User not local") == INVALID
+    assert rcpt_verdict(550, "5.7.1 policy") == TEMPORARY
+    assert rcpt_verdict(450, "4.1.1 try later") == TEMPORARY
+    assert rcpt_verdict(250, "2.1.5 Ok") == VALID
+
+
+def test_orig_to_matches_a_rewritten_recipient() -> None:
+    rewritten = SENT.replace("to=<alice@example.test>,",
+                             "to=<alice@example.test>, orig_to=<Alias@Example.test>,")
+    recorded = {"E6A82220091": ["alias@example.test"]}
+    found = learned_entries(deliveries(rewritten), recorded, DOMAINS, 1.0)
+    assert [(e.address, e.status) for e in found] == [("alice@example.test", VALID)]
+
+
+def test_a_crafted_address_cannot_pose_as_a_log_field() -> None:
+    crafted = ('"v>, relay=127.0.0.1[127.0.0.1]:46971, delay=1, delays=1/0/0/0, dsn=2.0.0, '
+               'status=sent (ok)"@example.test')
+    line = REFUSED.replace("to=<bob@example.test>", f"to=<{crafted}>")
+    recorded = {"E6A82220091": [crafted]}
+    found = learned_entries(deliveries(line), recorded, DOMAINS, 1.0)
+    assert all(e.status != VALID for e in found)
+    assert parse_delivery("x" * 9000 + SENT) is None  # longer than any Postfix line
 
 
 def test_maillog_file_deliveries_since_the_start(tmp_path: Path) -> None:
@@ -131,10 +184,11 @@ def test_maillog_file_deliveries_since_the_start(tmp_path: Path) -> None:
     with maillog.open("a") as out:
         out.write(f"{SENT}\n{REJECT}\n{other}\n")
     assert log.deliveries(IDS) == deliveries(SENT)  # the lines of the messages asked about
-    # rotated: the new file holds what came after
+    # rotated (renamed beside, as postfix logrotate does): the rest of the old file, then
+    # the new one
     os.rename(maillog, tmp_path / "maillog.1")
     maillog.write_text(REFUSED + "\n")
-    assert log.deliveries(IDS) == deliveries(REFUSED)
+    assert log.deliveries(IDS) == deliveries(SENT, REFUSED)
     # read whole (a flush learned from later)
     assert DeliveryLog.open(str(tmp_path / "maillog.1"), 0.0, at_end=False).deliveries(
         IDS) == deliveries(DEFERRED, SENT)
@@ -166,7 +220,7 @@ def test_policyd_takes_what_another_process_stored(tmp_path: Path) -> None:
     own = Entry("dave@example.test", "example.test", VALID, 990.0)
     cache.record(own)
     store.put([own])
-    follower = StoreFollower(clock, store, Engine(cache), since=1000.0)
+    follower = StoreFollower(clock, store, Engine(cache), since=time.time())
     assert follower.take(store.entries_since(follower.since - 60)) == 0  # already known
 
     # backupmx flush writes from its own connection
@@ -179,7 +233,6 @@ def test_policyd_takes_what_another_process_stored(tmp_path: Path) -> None:
     assert cache.verdict("alice@example.test", "example.test", 1006.0).status == "positive"
     assert cache.verdict("bob@example.test", "example.test", 1006.0).status == "negative"
     assert cache.get("x@elsewhere.test") is None  # no callouts for that domain
-    assert follower.since == 1005.0
     # the next look finds nothing new
     assert follower.take(store.entries_since(follower.since - 60)) == 0
     store.close()
@@ -240,6 +293,8 @@ def flushing(tmp_path: Path) -> Iterator[Tuple[CommandContext, LoggingPostfix, P
     # policyd makes the cache file at its start
     made = CalloutStore(store_path(str(tmp_path / "state")))
     assert made.entries() == []
+    # policyd saw the primary refuse a random address: its valid answers prove something
+    made.put_check(DomainCheck("a.test", False, 900.0))
     made.close()
     yield ctx, postfix, maillog
     ledger.close()
@@ -260,7 +315,7 @@ def test_a_flush_learns_at_once(flushing: Tuple[CommandContext, LoggingPostfix, 
     assert outcome is not None and outcome.learned == (1, 1), ctx.err.getvalue()
     assert "learned 1 valid and 1 invalid recipients" in outcome.describe()
     assert stored(ctx) == {"alice@a.test": VALID, "zz@a.test": INVALID}
-    assert ctx.ledger().unlearned_flushes(["a.test"], 0.0) == []
+    assert ctx.ledger().unlearned_flushes(0.0) == []
 
 
 def test_a_flush_that_cannot_read_the_log_is_learned_by_the_next_auto(
@@ -287,4 +342,29 @@ def test_without_the_cache_file_the_flush_stays_to_learn(
     outcome = flush_domain(ctx, "a.test", wait=1.0)
     assert outcome is not None and outcome.learned is None
     assert "does not exist yet (backupmx-policyd creates it)" in ctx.err.getvalue()
-    assert [row[1] for row in ctx.ledger().unlearned_flushes(["a.test"], 0.0)] == ["a.test"]
+    assert [row[1] for row in ctx.ledger().unlearned_flushes(0.0)] == ["a.test"]
+
+
+def test_valid_answers_of_a_primary_not_known_to_refuse_are_not_kept(
+        flushing: Tuple[CommandContext, LoggingPostfix, Path]) -> None:
+    ctx, _, _ = flushing
+    store = CalloutStore(store_path(ctx.config.policyd.state_directory))
+    store.put_check(DomainCheck("a.test", True, 950.0))  # it accepted a random address
+    store.close()
+    outcome = flush_domain(ctx, "a.test", wait=1.0)
+    assert outcome is not None and outcome.learned == (0, 1)
+    assert stored(ctx) == {"zz@a.test": INVALID}
+
+
+def test_a_partial_flush_is_learned_from_again_until_its_mail_left(
+        flushing: Tuple[CommandContext, LoggingPostfix, Path]) -> None:
+    ctx, postfix, maillog = flushing
+    postfix.deliver["a.test"] = False  # the primary defers: nothing leaves
+    outcome = flush_domain(ctx, "a.test", wait=1.0)
+    assert outcome is not None and outcome.result == "partial" and outcome.learned == (0, 0)
+    assert len(ctx.ledger().unlearned_flushes(0.0)) == 1
+    postfix.deliver["a.test"] = True  # Postfix's own retry delivers it later
+    postfix.flush_domain("a.test")
+    assert flush_command(ctx, None, auto=True, force=False, wait=1.0) == 0
+    assert "a.test: learned 1 valid and 1 invalid recipients from flush #1" in ctx.out.getvalue()
+    assert ctx.ledger().unlearned_flushes(0.0) == []

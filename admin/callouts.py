@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from backupmx.admin.setup_checks import OK, WARN, Result
 from backupmx.common.callout_cache import DomainCheck, read_store, store_path
-from backupmx.common.callout_rules import Verdict, verdict_of
+from backupmx.common.callout_rules import Verdict, cache_key, verdict_of
 from backupmx.common.config import Config
 from backupmx.common.source_settings import CalloutSettings
 
@@ -59,7 +59,8 @@ def check_callouts(config: Config, checks: Mapping[str, DomainCheck],
     results: List[Result] = []
     if error:
         results.append(Result("callouts", WARN, f"the callout cache cannot be read: {error}",
-                              "check the state_directory's permissions; policyd rewrites it"))
+                              "check the state_directory's permissions; a damaged file is "
+                              "moved aside when policyd starts"))
     for name, _, domains in _sources(config):
         for domain in domains:
             check = checks.get(domain)
@@ -87,9 +88,13 @@ def check_flush_learning(postconf: Mapping[str, str],
     None: not known) or else the journal (backupmx-flush.service has the group systemd-journal).
     """
     maillog = postconf.get("maillog_file", "")
-    if not maillog or maillog.startswith("/dev/"):
+    if not maillog:
         return Result("callouts", OK, "flushes learn recipients from Postfix's log in the "
                       "journal (backupmx-flush.service has the group systemd-journal)")
+    if maillog.startswith("/dev/"):
+        return Result("callouts", WARN, f"Postfix logs to {maillog}, which cannot be read "
+                      "back: flushes learn no recipients", "set maillog_file to a file, or "
+                      "leave it empty to log to the journal")
     can = readable(maillog)
     if can is False:
         return Result("callouts", WARN, f"Postfix's maillog_file {maillog} is not readable by "
@@ -136,8 +141,11 @@ def cached_verdict(config: Config, domain: Optional[str], address: str,
         return {"verdict": "unverified", "status": None, "age": None, "accept_all": None,
                 "reply": None}
     try:
-        entry = store.get(address.lower())
+        entry = store.get(cache_key(address)[0])
         check = store.checks().get(domain)
+    except (sqlite3.Error, OSError) as error:
+        return {"verdict": "unverified", "status": None, "age": None, "accept_all": None,
+                "reply": None, "error": f"{store.path}: {error}"}
     finally:
         store.close()
     verdict = verdict_of(entry, source[1].lifetimes, now)

@@ -27,13 +27,13 @@ from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple, cast
 
 from backupmx.admin.context import CommandContext
 from backupmx.admin.delivery_log import Delivery, DeliveryLog, LogUnavailable, outcome
-from backupmx.common.addresses import split_address
 from backupmx.common.callout_cache import CalloutStore, store_path, trusts_valid
 from backupmx.common.callout_rules import (
     INVALID,
     VALID,
     Entry,
     Lifetimes,
+    cache_key,
     callout_sources,
     is_probe,
     merged,
@@ -63,25 +63,6 @@ class Learning:
     started_at: float
     domains: CalloutDomains
     log: DeliveryLog
-
-
-def cache_key(address: str) -> Tuple[str, str]:
-    """(the address as the callout cache keys it, its domain), in the form policyd is asked
-    about (Postfix's internal form): lower-case, the domain normalised, the local part without
-    RFC 5321 quoting (``"odd user"@x.test`` -> ``odd user@x.test``)."""
-    local, domain = split_address(address)
-    if '"' in local or "\\" in local:
-        plain, escaped = [], False
-        for char in local:
-            if escaped:
-                plain.append(char)
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char != '"':
-                plain.append(char)
-        local = "".join(plain)
-    return f"{local}@{domain}", domain
 
 
 def owner(domain: str, domains: Iterable[str]) -> Optional[str]:

@@ -93,6 +93,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _callout_text(callout: Dict[str, Any]) -> str:
+    if callout.get("error"):
+        return f"the cache cannot be read ({callout['error']})"
     if callout["accept_all"]:
         return "off (the primary accepts every address)"
     if callout["status"] is None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, NamedTuple, Optional
+from typing import TYPE_CHECKING, Dict, NamedTuple, Optional, Tuple
+
+from backupmx.common.addresses import split_address
 
 if TYPE_CHECKING:
     from backupmx.common.config import Config
@@ -121,6 +123,25 @@ def rcpt_verdict(code: int, text: str) -> str:
     if status == "5.0.0" or (status.startswith("5.1.") and status not in SENDER_STATUS):
         return INVALID
     return TEMPORARY
+
+
+def cache_key(address: str) -> Tuple[str, str]:
+    """(the address as the callout cache keys it, its domain), in the form policyd is asked
+    about (Postfix's internal form): lower-case, the domain normalised, the local part without
+    RFC 5321 quoting (``"odd user"@x.test`` -> ``odd user@x.test``)."""
+    local, domain = split_address(address)
+    if '"' in local or "\\" in local:
+        plain, escaped = [], False
+        for char in local:
+            if escaped:
+                plain.append(char)
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char != '"':
+                plain.append(char)
+        local = "".join(plain)
+    return f"{local}@{domain}", domain
 
 
 def probe_address(domain: str, token: Optional[str] = None) -> str:

@@ -9,9 +9,11 @@ cache filled, its writer thread, and the follower that takes what ``backupmx flu
 """
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from backupmx.common.addresses import normalize_domain
 from backupmx.common.callout_cache import (
@@ -46,18 +48,39 @@ class Loaded:
     entries: List[Entry]
     checks: Dict[str, DomainCheck]
     names: Tuple[str, ...]
+    #: where a damaged cache file was moved (and why), or None
+    moved_aside: Optional[str] = None
 
 
 def load(config: Config) -> Loaded:
-    """The blocking half (module docstring). Raises ConfigError when the cache file cannot be
-    opened or read."""
-    store = CalloutStore(store_path(config.policyd.state_directory))
-    try:
-        entries, checks = store.entries(), store.checks()
-    except (sqlite3.Error, OSError) as error:
-        store.close()
-        raise ConfigError(f"callout cache {store.path}: {error}") from None
-    return Loaded(store, entries, checks, local_names(config))
+    """The blocking half (module docstring). A cache file that is no SQLite database (or a
+    damaged one) is moved aside and policyd starts with an empty cache (said in one line: the
+    cache is only what was learned, so starting empty loses no mail). Raises ConfigError when
+    the file cannot be opened or read otherwise (permissions, a locked or missing folder)."""
+    path = store_path(config.policyd.state_directory)
+    moved = None
+    for _ in range(2):
+        store = CalloutStore(path)
+        try:
+            entries, checks = store.entries(), store.checks()
+            return Loaded(store, entries, checks, local_names(config), moved)
+        except (sqlite3.OperationalError, OSError) as error:
+            store.close()
+            raise ConfigError(f"callout cache {path}: {error}") from None
+        except sqlite3.DatabaseError as error:  # not a database, or damaged
+            store.close()
+            if moved is not None:
+                raise ConfigError(f"callout cache {path}: {error}") from None
+            moved = f"{path}.damaged-{int(time.time())}"
+            try:
+                for suffix in ("", "-wal", "-shm"):
+                    if os.path.exists(path + suffix):
+                        os.replace(path + suffix, moved + suffix)
+            except OSError as move_error:
+                raise ConfigError(f"callout cache {path}: {error}; cannot move it aside: "
+                                  f"{move_error}") from None
+            moved = f"{moved} ({error})"
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def build(reactor: Any, setup: Mapping[str, CalloutDomain], loaded: Loaded, primaries: Any,
@@ -65,6 +88,9 @@ def build(reactor: Any, setup: Mapping[str, CalloutDomain], loaded: Loaded, prim
     """The reactor half (module docstring): the engine, not started yet."""
     from backupmx.policyd.callout_follow import StoreFollower
     from backupmx.policyd.callout_protocol import tls_context
+    if loaded.moved_aside:
+        log.error("callout cache {path} was damaged: moved to {moved}; starting with an empty "
+                  "cache", path=loaded.store.path, moved=loaded.moved_aside)
     cache = CalloutCache(lifetimes_of(setup), reactor.seconds)
     count = cache.load(loaded.entries)
     writer = CalloutWriter(loaded.store, lambda line: reactor.callFromThread(
@@ -91,6 +117,10 @@ def configure(service: Any, config: Config) -> None:
     setup = callout_setup(config)
     if service.callouts is not None:
         service.callouts.configure(setup)
+        if store_path(config.policyd.state_directory) != service.callouts.writer.store.path:
+            service.log.warn("reload: [policyd] state_directory changed; the callout cache "
+                             "stays {path} until policyd restarts",
+                             path=service.callouts.writer.store.path)
         return
     if not setup or service.starting_callouts:
         return

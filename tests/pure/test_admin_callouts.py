@@ -75,7 +75,7 @@ def test_accept_all_primary_is_a_check_warning_and_turns_the_verdicts_off(tmp_pa
 def test_check_says_where_flushes_learn_from(tmp_path: Path) -> None:
     journal = check_flush_learning({"maillog_file": ""}, lambda path: None)
     assert journal.status == OK and "journal" in journal.message
-    assert check_flush_learning({"maillog_file": "/dev/stdout"}, lambda path: None).status == OK
+    assert check_flush_learning({"maillog_file": "/dev/stdout"}, lambda path: None).status == WARN
     readable = check_flush_learning({"maillog_file": "/var/log/postfix.log"}, lambda path: True)
     assert readable.status == OK and "/var/log/postfix.log" in readable.message
     closed = check_flush_learning({"maillog_file": "/var/log/postfix.log"}, lambda path: False)
@@ -99,3 +99,13 @@ def test_readable_by_the_flush_user_follows_the_mode_bits(tmp_path: Path) -> Non
     assert readable_by_flush_user(str(log)) is (user.pw_uid == 0)
     os.chmod(log, 0o644)
     assert readable_by_flush_user(str(log)) is True
+
+
+def test_query_says_a_damaged_cache_cannot_be_read(tmp_path: Path) -> None:
+    (tmp_path / "callouts.sqlite3").write_bytes(b"this is no database" * 100)
+    found = cached_verdict(config(tmp_path), "example.test", "dave@example.test", NOW)
+    assert found is not None and found["verdict"] == "unverified"
+    assert "callouts.sqlite3" in found["error"]
+    verdict = StoredVerdicts(config(tmp_path), lambda: NOW).verdict(
+        "example.test", "dave@example.test", NOW)
+    assert verdict is not None and verdict.status == "unverified"  # 450 while down: safe

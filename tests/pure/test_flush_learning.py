@@ -25,9 +25,17 @@ from backupmx.admin.delivery_log import (
     via_primary,
 )
 from backupmx.admin.flush import flush_command, flush_domain
-from backupmx.admin.flush_learning import cache_key, learned_entries
+from backupmx.admin.flush_learning import learned_entries
 from backupmx.common.callout_cache import CalloutCache, CalloutStore, DomainCheck, store_path
-from backupmx.common.callout_rules import INVALID, TEMPORARY, VALID, Entry, Lifetimes, rcpt_verdict
+from backupmx.common.callout_rules import (
+    INVALID,
+    TEMPORARY,
+    VALID,
+    Entry,
+    Lifetimes,
+    cache_key,
+    rcpt_verdict,
+)
 from backupmx.common.config import PrimarySpec, parse_config
 from backupmx.milter.ledger import Ledger
 from backupmx.policyd.callout_follow import StoreFollower

@@ -164,3 +164,21 @@ def test_a_reload_adding_the_first_callout_source_starts_callouts(tmp_path: Path
     assert service.callouts is engine
     service.stop()
     service.close_callouts()
+
+
+def test_a_damaged_cache_file_is_moved_aside_and_policyd_starts_empty(tmp_path: Path) -> None:
+    from backupmx.policyd import callout_start
+    setup = Setup(tmp_path)
+    setup.write_config(extra=f"state_directory = {tmp_path / 'state'}\n", domains=CALLOUT)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "callouts.sqlite3").write_bytes(b"garbage" * 1000)
+    loaded = callout_start.load(setup.config())
+    try:
+        assert loaded.entries == [] and loaded.moved_aside is not None
+        assert "damaged-" in loaded.moved_aside
+        kept = [p.name for p in (tmp_path / "state").iterdir() if "damaged-" in p.name]
+        assert len(kept) == 1 and (tmp_path / "state" / kept[0]).read_bytes().startswith(
+            b"garbage")
+        assert loaded.store.counts() == {}  # a new, working file
+    finally:
+        loaded.store.close()

@@ -99,8 +99,9 @@ def check_flush_learning(postconf: Mapping[str, str],
     if can is False:
         return Result("callouts", WARN, f"Postfix's maillog_file {maillog} is not readable by "
                       f"user {FLUSH_USER} (mode bits; an ACL is not seen here): flushes learn no "
-                      "recipients from it", f"setfacl -m u:{FLUSH_USER}:r {maillog}, or let "
-                      "Postfix log to the journal (maillog_file empty)")
+                      "recipients from it", f"setfacl -m u:{FLUSH_USER}:r {maillog} (again after "
+                      "each 'postfix logrotate', which makes a new file), or let Postfix log "
+                      "to the journal (maillog_file empty)")
     return Result("callouts", OK, f"flushes learn recipients from Postfix's maillog_file "
                   f"{maillog}")
 

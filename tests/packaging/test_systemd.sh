@@ -384,13 +384,14 @@ root_flush_keeps_lock() {
     ct stat -c '%U:%G' "$LOCK" | tee /dev/stderr | grep -qx backupmx:backupmx
 }
 check "root's 'backupmx flush --auto' leaves the lock to backupmx" root_flush_keeps_lock
-# The fake primary: aiosmtpd's Mailbox, refusing bob at RCPT as a primary without him would.
+# The fake primary: aiosmtpd's Mailbox, knowing alice and postmaster only (refusing the others
+# at RCPT, as a primary does: bob, and the random address policyd's callouts ask first).
 FAKE_PRIMARY='from aiosmtpd.handlers import Mailbox
 
 
 class Primary(Mailbox):
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address.lower().startswith("bob@"):
+        if address.lower().split("@")[0] not in ("alice", "postmaster"):
             return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
         envelope.rcpt_tos.append(address)
         return "250 OK"
@@ -401,6 +402,13 @@ check "fake primary started (aiosmtpd via systemd-run)" \
     -n -l 127.0.0.1:2526 -c fake_primary.Primary /var/tmp/primary
 until_ok 20 ct bash -c 'exec 3<>/dev/tcp/127.0.0.1/2526' 2>/dev/null
 check "RCPT while the primary answers: 450 (deliver there)" until_ok 20 expect_rcpt "alice@$DOMAIN" 450
+primary_refuses_strangers() {  # an unlisted recipient: policyd's callout asks a random one first
+    expect_rcpt "carol@$DOMAIN" 450 || return 1
+    ct backupmx recipients status --json | python3 -c "import json,sys; d=json.load(sys.stdin); \
+        print(d['sources'][-1]['domains']); assert d['sources'][-1]['domains'][0]['accept_all'] is False"
+}
+check "callouts: the primary refuses a random address (its acceptances count)" \
+    until_ok 30 primary_refuses_strangers
 delivered() { local n; n=$(ct sh -c 'ls /var/tmp/primary/new 2>/dev/null | wc -l'); echo "at the primary: $n (want $1)"; [ "$n" = "$1" ]; }
 flush_service() {
     ct systemctl start backupmx-flush.service || { ct journalctl -u backupmx-flush.service --no-pager | tail; return 1; }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable, Collection, Dict, Mapping
 
 from backupmx.common.config import PrimarySpec
-from backupmx.common.smtp_probe import DOWN, UNKNOWN, UP, PrimaryState
+from backupmx.common.primary_state import DOWN, UNKNOWN, UP, PrimaryState
 
 __all__ = ["DOWN", "UNKNOWN", "UP", "PrimaryState", "Prober", "probe_primaries", "not_probed"]
 

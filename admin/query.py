@@ -23,8 +23,8 @@ from backupmx.common.cli import EXIT_CONFIG, EXIT_OK
 from backupmx.common.config import Config
 from backupmx.common.decision import decide
 from backupmx.common.maps import build_policy, load_maps
+from backupmx.common.primary_state import PrimaryState
 from backupmx.common.recipient_map import MapError
-from backupmx.common.smtp_probe import PrimaryState
 
 
 def add_arguments(subparsers: Any) -> None:

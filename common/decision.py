@@ -24,10 +24,10 @@ from typing import FrozenSet, Mapping, NamedTuple, Optional, Protocol
 
 from backupmx.common.addresses import split_address
 from backupmx.common.callout_rules import NEGATIVE, POSITIVE, Verdict
+from backupmx.common.primary_state import DOWN, UNKNOWN, UP, PrimaryState
 from backupmx.common.recipient_map import RecipientMap
 from backupmx.common.relay_scope import RelayScope
 from backupmx.common.sender_networks import SenderNetworks
-from backupmx.common.smtp_probe import DOWN, UNKNOWN, UP, PrimaryState
 
 DUNNO = "DUNNO"
 UNKNOWN_USER = "550 5.1.1 User unknown in relay recipient table"

@@ -41,7 +41,8 @@ from backupmx.common.callout_rules import (
     probe_address,
 )
 from backupmx.common.config import Config, PrimarySpec
-from backupmx.common.smtp_probe import UP, mx_hosts
+from backupmx.common.primary_state import UP
+from backupmx.common.smtp_probe import mx_hosts
 from backupmx.common.source_settings import CalloutSettings
 from backupmx.policyd.callout_limits import CalloutLimits, Limits
 from backupmx.policyd.callout_protocol import CalloutProtocol

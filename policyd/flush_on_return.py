@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from backupmx.common.config import Config
-from backupmx.common.smtp_probe import UP, PrimaryState
+from backupmx.common.primary_state import UP, PrimaryState
 
 #: a child flush still running after this many seconds is killed (it waits at most 120 s for
 #: the lock and 30 s for the mail to leave)

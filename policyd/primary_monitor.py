@@ -16,7 +16,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from backupmx.common.config import PrimarySpec
-from backupmx.common.smtp_probe import DOWN, UNKNOWN, UP, PrimaryState, ProbeResult, probe_primary
+from backupmx.common.primary_state import DOWN, UNKNOWN, UP, PrimaryState
+from backupmx.common.smtp_probe import ProbeResult, probe_primary
 
 _UNKNOWN = PrimaryState(UNKNOWN)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from backupmx.common.smtp_probe import PrimaryState
+from backupmx.common.primary_state import PrimaryState
 
 
 class States(Dict[str, PrimaryState]):

@@ -18,7 +18,7 @@ from twisted.trial import unittest
 from backupmx.common.callout_cache import CalloutCache, DomainCheck
 from backupmx.common.callout_rules import INVALID, NEGATIVE, POSITIVE, VALID, Entry
 from backupmx.common.config import PrimarySpec
-from backupmx.common.smtp_probe import PrimaryState
+from backupmx.common.primary_state import PrimaryState
 from backupmx.common.source_settings import CalloutSettings
 from backupmx.policyd.callout_protocol import tls_context
 from backupmx.policyd.callouts import CalloutDomain, CalloutEngine, lifetimes_of

@@ -18,8 +18,8 @@ except ImportError:  # Twisted before 19.7 (not Debian 12's 22.4, but cheap to k
     from twisted.test.proto_helpers import StringTransport  # type: ignore[no-redef]
 
 from backupmx.common.decision import Policy, decide
+from backupmx.common.primary_state import PrimaryState
 from backupmx.common.recipient_map import RecipientMap
-from backupmx.common.smtp_probe import PrimaryState
 from backupmx.policyd.protocol import PolicyFactory, PolicyProtocol
 from tests.harness.policy_streams import (
     POSTFIX_RCPT,

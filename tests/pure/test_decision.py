@@ -17,9 +17,9 @@ from backupmx.common.decision import (
     decide,
     primary_action,
 )
+from backupmx.common.primary_state import PrimaryState
 from backupmx.common.recipient_map import RecipientMap, parse_recipient_lines
 from backupmx.common.sender_networks import parse_sender_networks
-from backupmx.common.smtp_probe import PrimaryState
 from tests.harness.primary_states import States
 
 NOW = 1_000_000.0

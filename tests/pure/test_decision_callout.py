@@ -12,8 +12,8 @@ from backupmx.common.decision import (
     Policy,
     decide,
 )
+from backupmx.common.primary_state import PrimaryState
 from backupmx.common.recipient_map import RecipientMap, parse_recipient_lines
-from backupmx.common.smtp_probe import PrimaryState
 from tests.harness.primary_states import States
 
 NOW = 1_000_000.0

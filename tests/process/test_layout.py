@@ -57,7 +57,7 @@ def test_the_milter_process_never_loads_twisted() -> None:
 
 
 def test_the_command_loads_twisted_only_to_probe() -> None:
-    """``backupmx`` starts fast (0.2 s, not 0.6 s, with --version): its parser, the decision and the
+    """``backupmx`` starts fast (bench/command_start.py): its parser, the decision and the
     checks load no Twisted; probing a primary does."""
     code = ("import sys, backupmx.admin.main as m; m.build_parser(); "
             "print('twisted' in sys.modules)")

@@ -10,9 +10,10 @@ After every delivery attempt, Postfix's SMTP client logs one line per recipient 
 ``parse_delivery`` reads such a line (pure); ``DeliveryLog`` reads the lines Postfix wrote since a
 moment, from ``maillog_file`` when Postfix has one, else from the journal (``journalctl``).
 ``outcome`` says what a line proves of its recipient for the callout cache: ``status=sent``
-through the primary proves the address valid; a 5xx reply to ``RCPT TO`` from the primary proves
-it invalid; nothing else proves anything (deferrals, refusals after DATA, bounces Postfix made
-itself with ``relay=none``, deliveries through another relay).
+through the primary proves the address valid; a reply to ``RCPT TO`` from the primary saying the
+mailbox does not exist (common.callout_rules.rcpt_verdict, the callouts' rule) proves it
+invalid; nothing else proves anything (deferrals, other refusals, refusals after DATA, bounces
+Postfix made itself with ``relay=none``, deliveries through another relay).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import threading
 from dataclasses import dataclass
 from typing import Collection, Iterator, List, Optional, Tuple
 
+from backupmx.common.addresses import normalize_domain
 from backupmx.common.callout_rules import INVALID, VALID, rcpt_verdict
 from backupmx.common.config import PrimarySpec
 
@@ -81,7 +83,7 @@ def _same_host(a: str, b: str) -> bool:
     try:
         return ipaddress.ip_address(a.strip("[]")) == ipaddress.ip_address(b.strip("[]"))
     except ValueError:
-        return a.lower().rstrip(".") == b.lower().rstrip(".")
+        return normalize_domain(a) == normalize_domain(b)
 
 
 def via_primary(relay: str, primary: PrimarySpec) -> bool:

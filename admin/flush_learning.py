@@ -40,6 +40,7 @@ from backupmx.common.callout_rules import (
 )
 from backupmx.common.config import Config, PrimarySpec
 from backupmx.common.postfix import PostfixError
+from backupmx.common.source_rules import owner_of
 from backupmx.common.source_settings import CalloutSettings
 from backupmx.milter.ledger import LedgerError
 
@@ -65,14 +66,6 @@ class Learning:
     log: DeliveryLog
 
 
-def owner(domain: str, domains: Iterable[str]) -> Optional[str]:
-    """The callout domain ``domain`` is, or is a subdomain of; None."""
-    for candidate in domains:
-        if domain == candidate or domain.endswith("." + candidate):
-            return candidate
-    return None
-
-
 def learned_entries(deliveries: Iterable[Delivery], recorded: Mapping[str, Iterable[str]],
                     domains: CalloutDomains, when: float) -> List[Entry]:
     """The entries the log lines of a flush give (pure). ``recorded``: queue id -> the
@@ -83,13 +76,14 @@ def learned_entries(deliveries: Iterable[Delivery], recorded: Mapping[str, Itera
     of the same flush)."""
     wanted = {queue_id: {cache_key(r)[0] for r in recipients}
               for queue_id, recipients in recorded.items()}
+    names = list(domains)
     found: Dict[str, Entry] = {}
     for delivery in deliveries:
         keys = wanted.get(delivery.queue_id, set())
         address, domain = cache_key(delivery.recipient)
         if address not in keys and cache_key(delivery.orig_to)[0] not in keys:
             continue
-        callout_domain = owner(domain, domains)
+        callout_domain = owner_of(domain, names)
         if callout_domain is None or is_probe(address):
             continue
         primary, lifetimes = domains[callout_domain]
@@ -127,9 +121,13 @@ def start(ctx: CommandContext, domain: str, started_at: float) -> Optional[Learn
     try:
         return _open(ctx, domain, started_at, at_end=True)
     except LogUnavailable as error:
-        print(f"{domain}: recipients are learned from this flush by the next "
-              f"'backupmx flush --auto' ({error})", file=ctx.out)
+        _learned_later(ctx, domain, str(error))
         return None
+
+
+def _learned_later(ctx: CommandContext, domain: str, why: str) -> None:
+    print(f"{domain}: recipients are learned from this flush by the next "
+          f"'backupmx flush --auto' ({why})", file=ctx.out)
 
 
 def finish(ctx: CommandContext, learning: Learning, flush_id: int,
@@ -141,13 +139,11 @@ def finish(ctx: CommandContext, learning: Learning, flush_id: int,
         ledger = ctx.ledger()
         learned = learn(ctx, learning, LOG_WAIT)
         if learned is None:
-            print(f"{learning.domain}: no delivery line of this flush in Postfix's log yet: "
-                  f"the next 'backupmx flush --auto' learns from it", file=ctx.out)
+            _learned_later(ctx, learning.domain, "no delivery line of it in Postfix's log yet")
         elif complete:
             ledger.mark_learned(flush_id, ctx.clock())
     except LogUnavailable as error:
-        print(f"{learning.domain}: recipients are learned from this flush by the next "
-              f"'backupmx flush --auto' ({error})", file=ctx.out)
+        _learned_later(ctx, learning.domain, str(error))
         return None
     except (LedgerError, sqlite3.Error) as error:  # the flush is done and recorded: only say
         ctx.warn(f"{learning.domain}: not learning recipients from this flush: {error}")
@@ -171,14 +167,13 @@ def learn_pending(ctx: CommandContext) -> None:
             learned = learn(ctx, learning, 0.0)
             if learned is None:
                 return
-            if result == "complete" or ledger.held_count(domain) == 0:
+            summary = ledger.summaries().get(domain)
+            if result == "complete" or summary is None or summary.held_messages == 0:
                 ledger.mark_learned(flush_id, ctx.clock())
             if learned != (0, 0):
                 print(f"{domain}: learned {learned[0]} valid and {learned[1]} invalid "
                       f"recipients from flush #{flush_id}", file=ctx.out)
-    except LogUnavailable as error:
-        ctx.warn(f"not learning recipients from earlier flushes: {error}")
-    except (LedgerError, sqlite3.Error, OSError) as error:
+    except (LogUnavailable, LedgerError, sqlite3.Error, OSError) as error:
         ctx.warn(f"not learning recipients from earlier flushes: {error}")
 
 
@@ -190,8 +185,9 @@ def learn(ctx: CommandContext, learning: Learning, wait: float) -> Optional[Tupl
     recorded = ctx.ledger().left_since(learning.domain, learning.started_at)
     if not recorded:
         return (0, 0)
+    names = list(learning.domains)
     expected = {(queue_id, cache_key(r)[0]) for queue_id, recipients in recorded.items()
-                for r in recipients if owner(cache_key(r)[1], learning.domains)}
+                for r in recipients if owner_of(cache_key(r)[1], names)}
     deadline = ctx.clock() + wait
     while True:
         deliveries = learning.log.deliveries(recorded)

@@ -84,11 +84,11 @@ class CalloutStore:
             if self.readonly:
                 db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
                                      check_same_thread=False)
-                db.execute("PRAGMA busy_timeout=5000")
             else:
                 os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
                 db = sqlite3.connect(self.path, check_same_thread=False)
-                db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA busy_timeout=5000")
+            if not self.readonly:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)

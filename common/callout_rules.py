@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, NamedTuple, Optional, Tuple
 
 from backupmx.common.addresses import split_address
+from backupmx.common.recipient_map import unquote_local
 
 if TYPE_CHECKING:
     from backupmx.common.config import Config
@@ -131,16 +132,7 @@ def cache_key(address: str) -> Tuple[str, str]:
     RFC 5321 quoting (``"odd user"@x.test`` -> ``odd user@x.test``)."""
     local, domain = split_address(address)
     if '"' in local or "\\" in local:
-        plain, escaped = [], False
-        for char in local:
-            if escaped:
-                plain.append(char)
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char != '"':
-                plain.append(char)
-        local = "".join(plain)
+        local = unquote_local(local)
     return f"{local}@{domain}", domain
 
 

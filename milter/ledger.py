@@ -389,12 +389,6 @@ class Ledger:
             found.setdefault(queue_id, []).extend(r for r in recipients.split("\n") if r)
         return found
 
-    def held_count(self, domain: str) -> int:
-        with self._lock:
-            return self._connection().execute(
-                "SELECT COUNT(*) FROM message_domains WHERE domain = ? AND state = 'held'",
-                (domain,)).fetchone()[0]
-
     def mark_learned(self, flush_id: int, now: float) -> None:
         with self._lock:
             self._connection().execute(

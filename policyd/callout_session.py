@@ -18,23 +18,19 @@ replies and sends what it returns.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from backupmx.common.callout_rules import INVALID, TEMPORARY, rcpt_verdict
-
-_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+from backupmx.common.recipient_map import quote_local
 
 
 def smtp_path(address: str) -> str:
-    """The address as RFC 5321 writes it in a path: the local part as a quoted string when it
-    is no dot-string (``odd user@example.test`` -> ``"odd user"@example.test``)."""
+    """The address as RFC 5321 writes it in a path, from Postfix's internal form: the local
+    part quoted when it is no dot-string (``odd user@example.test`` ->
+    ``"odd user"@example.test``), as Postfix's quote_822_local (common.recipient_map)."""
     local, _, domain = address.rpartition("@")
-    if _ATOM.fullmatch(local):
-        return address
-    quoted = local.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{quoted}"@{domain}'
+    return f"{quote_local(local)}@{domain}"
 
 
 GREETING, EHLO, HELO, STARTTLS, MAIL, RCPT, RSET, QUIT, DONE = (

@@ -59,28 +59,36 @@ def load(config: Config) -> Loaded:
     the file cannot be opened or read otherwise (permissions, a locked or missing folder)."""
     path = store_path(config.policyd.state_directory)
     moved = None
-    for _ in range(2):
-        store = CalloutStore(path)
+    try:
         try:
-            entries, checks = store.entries(), store.checks()
-            return Loaded(store, entries, checks, local_names(config), moved)
-        except (sqlite3.OperationalError, OSError) as error:
-            store.close()
-            raise ConfigError(f"callout cache {path}: {error}") from None
+            store, entries, checks = _read(path)
+        except sqlite3.OperationalError:
+            raise
         except sqlite3.DatabaseError as error:  # not a database, or damaged
-            store.close()
-            if moved is not None:
-                raise ConfigError(f"callout cache {path}: {error}") from None
-            moved = f"{path}.damaged-{int(time.time())}"
-            try:
-                for suffix in ("", "-wal", "-shm"):
-                    if os.path.exists(path + suffix):
-                        os.replace(path + suffix, moved + suffix)
-            except OSError as move_error:
-                raise ConfigError(f"callout cache {path}: {error}; cannot move it aside: "
-                                  f"{move_error}") from None
-            moved = f"{moved} ({error})"
-    raise AssertionError("unreachable")  # the loop returns or raises
+            moved = _move_aside(path, error)
+            store, entries, checks = _read(path)
+    except (sqlite3.Error, OSError) as error:
+        raise ConfigError(f"callout cache {path}: {error}") from None
+    return Loaded(store, entries, checks, local_names(config), moved)
+
+
+def _read(path: str) -> Tuple[CalloutStore, List[Entry], Dict[str, DomainCheck]]:
+    store = CalloutStore(path)
+    try:
+        return store, store.entries(), store.checks()
+    except BaseException:
+        store.close()
+        raise
+
+
+def _move_aside(path: str, error: Exception) -> str:
+    """Rename the damaged file (and its -wal, -shm) to ``PATH.damaged-SECONDS``; what to log.
+    Raises OSError."""
+    target = f"{path}.damaged-{int(time.time())}"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, target + suffix)
+    return f"{target} ({error})"
 
 
 def build(reactor: Any, setup: Mapping[str, CalloutDomain], loaded: Loaded, primaries: Any,

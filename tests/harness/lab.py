@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 import smtplib
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
@@ -14,6 +16,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
 from tests.harness.daemons import Daemon, start_milter, start_policyd
 from tests.harness.postfix import PostfixInstance, free_port
 from tests.harness.primary import FakePrimary
+
+REPO = Path(__file__).resolve().parents[2]
 
 T = TypeVar("T")
 DEFAULT_USERS = ("alice", "bob", "postmaster")
@@ -137,6 +141,12 @@ class BackupMxLab:
 
     def primary(self, domain: str) -> FakePrimary:
         return self.primaries[domain]
+
+    def command(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        """Run the ``backupmx`` command on the lab's configuration (as the admin would)."""
+        return subprocess.run([sys.executable, "-m", "backupmx.admin.main", "-c",
+                               str(self.config_path), *args], capture_output=True, text=True,
+                              timeout=timeout, cwd=REPO)
 
     # ---- SMTP client -----------------------------------------------------------------------
 

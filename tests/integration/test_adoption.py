@@ -12,8 +12,6 @@ import re
 import smtplib
 import sqlite3
 import subprocess
-import sys
-from pathlib import Path
 from typing import Dict, Iterator
 
 import pytest
@@ -22,13 +20,10 @@ from tests.harness.lab import BackupMxLab, eventually
 from tests.integration.conftest import require_postfix
 
 DOMAIN = "example.test"
-REPO = Path(__file__).resolve().parents[2]
 
 
 def backupmx(lab: BackupMxLab, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backupmx.admin.main", "-c",
-                           str(lab.config_path), *args], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    return lab.command(*args)
 
 
 def ledger(lab: BackupMxLab) -> Dict[str, tuple]:

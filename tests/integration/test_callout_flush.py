@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -46,9 +45,7 @@ def lab(tmp_path: Path) -> Iterator[BackupMxLab]:
 
 
 def backupmx(lab: BackupMxLab, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backupmx.admin.main", "-c",
-                           str(lab.config_path), *args], capture_output=True, text=True,
-                          timeout=120)
+    return lab.command(*args)
 
 
 def query(lab: BackupMxLab, address: str) -> str:

@@ -9,8 +9,6 @@ recipient at RCPT.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, Tuple
@@ -46,9 +44,7 @@ def lab(tmp_path: Path) -> Iterator[BackupMxLab]:
 
 
 def admin(lab: BackupMxLab, *args: str) -> Any:
-    result = subprocess.run([sys.executable, "-m", "backupmx.admin.main", "-c",
-                             str(lab.config_path), *args], capture_output=True, text=True,
-                            timeout=60)
+    result = lab.command(*args, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout) if "--json" in args else result.stdout
 

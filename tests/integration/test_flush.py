@@ -10,9 +10,7 @@ import re
 import smtplib
 import sqlite3
 import subprocess
-import sys
 import threading
-from pathlib import Path
 from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
@@ -21,13 +19,10 @@ from tests.harness.lab import BackupMxLab, eventually
 from tests.integration.conftest import require_postfix
 
 A, B = "a.test", "b.test"
-REPO = Path(__file__).resolve().parents[2]
 
 
 def backupmx(lab: BackupMxLab, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backupmx.admin.main", "-c",
-                           str(lab.config_path), *args], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    return lab.command(*args)
 
 
 def status(lab: BackupMxLab) -> Dict[str, dict]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator, List
 
@@ -21,14 +20,11 @@ from tests.harness.primary import FakePrimary
 from tests.integration.conftest import require_postfix
 
 A, B = "a.test", "b.test"
-REPO = Path(__file__).resolve().parents[2]
 MAIL_TO = "hostmaster@notify.test"
 
 
 def backupmx(lab: BackupMxLab, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backupmx.admin.main", "-c",
-                           str(lab.config_path), *args], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    return lab.command(*args)
 
 
 POLICYD = {"flush_on_return": "no"}  # the timer's flush --auto is what is played here

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 import threading
-from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import pytest
@@ -24,13 +22,10 @@ from tests.integration.conftest import require_postfix
 from tests.integration.fleet.conftest import FleetDatabase, new_database
 
 A, B = "a.test", "b.test"
-REPO = Path(__file__).resolve().parents[3]
 
 
 def backupmx(lab: BackupMxLab, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backupmx.admin.main", "-c",
-                           str(lab.config_path), *args], capture_output=True, text=True,
-                          timeout=180, cwd=REPO)
+    return lab.command(*args, timeout=180)
 
 
 def ok(lab: BackupMxLab, *args: str) -> str:

@@ -48,22 +48,24 @@ def test_dependencies_run_one_way(package: str) -> None:
         assert not wrong, f"{module.relative_to(ROOT)} imports backupmx.{', backupmx.'.join(wrong)}"
 
 
+def printed_by_fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter (nothing imported before it)."""
+    return subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
+                          text=True, timeout=60, check=True).stdout.strip()
+
+
 def test_the_milter_process_never_loads_twisted() -> None:
-    code = ("import sys, backupmx.milter.main as m, backupmx.milter.app, backupmx.milter.ledger; "
-            "print(sorted({n.split('.')[0] for n in sys.modules} & {'twisted', 'backupmx'}))")
-    result = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
-                            text=True, timeout=60, check=True)
-    assert result.stdout.strip() == "['backupmx']"
+    assert printed_by_fresh_python(
+        "import sys, backupmx.milter.main as m, backupmx.milter.app, backupmx.milter.ledger; "
+        "print(sorted({n.split('.')[0] for n in sys.modules} & {'twisted', 'backupmx'}))"
+    ) == "['backupmx']"
 
 
 def test_the_command_loads_twisted_only_to_probe() -> None:
     """``backupmx`` starts fast (bench/command_start.py): its parser, the decision and the
     checks load no Twisted; probing a primary does."""
-    code = ("import sys, backupmx.admin.main as m; m.build_parser(); "
-            "print('twisted' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
-                            text=True, timeout=60, check=True)
-    assert result.stdout.strip() == "False"
+    assert printed_by_fresh_python("import sys, backupmx.admin.main as m; m.build_parser(); "
+                                   "print('twisted' in sys.modules)") == "False"
 
 
 def test_the_command_points_into_admin() -> None:
